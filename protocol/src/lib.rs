@@ -1,0 +1,19 @@
+//! Everything that crosses a socket or a file in builder.
+//!
+//! - [`message`]: the messages servers, workers and clients exchange, and
+//!   [`PROTOCOL_VERSION`].
+//! - [`codec`]: framing (8-byte big-endian length + bincode 2 payload) with a
+//!   receiver-side size limit.
+//! - [`record`]: the DER `exec` build record (`full` files and the builder-web
+//!   upload body), byte-compatible with the reference implementation.
+//! - [`signal`]: signals as they cross the wire and the reference's portable
+//!   signal numbering.
+//! - [`trigger`]: when a scheduled job runs (periods and cron expressions).
+
+pub mod codec;
+pub mod message;
+pub mod record;
+pub mod signal;
+pub mod trigger;
+
+pub use message::PROTOCOL_VERSION;

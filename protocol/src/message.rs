@@ -1,0 +1,624 @@
+//! The messages servers, workers and clients exchange.
+//!
+//! Every message is one frame (see [`crate::codec`]) whose payload is the
+//! message encoded with bincode 2 (serde integration, standard configuration).
+//!
+//! A conversation:
+//!
+//! 1. The connecting side sends a [`Hello`] naming its role, the protocol
+//!    version and an optional token. The server answers with
+//!    [`HelloReply::Welcome`] or [`HelloReply::Refused`] (and closes).
+//! 2. A client then sends [`ClientRequest`]s and reads [`ServerToClient`]
+//!    answers; a worker sends [`WorkerMessage`]s and reads
+//!    [`ServerToWorker`]s.
+//!
+//! Compatibility rules: [`Hello`] keeps `version` as its first field forever,
+//! so a server can name the version of a peer it cannot understand. Enum
+//! variants are only ever appended, and every change to any message bumps
+//! [`PROTOCOL_VERSION`]. Byte-exact sample frames are checked in under
+//! `protocol/tests/frames/` and must keep decoding.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::signal::Signal;
+use crate::trigger::Trigger;
+
+/// The wire protocol version. Bumped on every message change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A point in time: nanoseconds since the Unix epoch, UTC.
+///
+/// Covers 1677..2262, which is plenty for a build farm's clock.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+
+    /// Converts to a chrono time (for display and the build record).
+    pub fn to_datetime(self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_nanos(self.0)
+    }
+
+    /// Converts from a chrono time, saturating outside the representable range.
+    pub fn from_datetime(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+        Timestamp(t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }))
+    }
+
+    /// Whole seconds since the epoch.
+    pub fn unix_seconds(self) -> i64 {
+        self.0.div_euclid(1_000_000_000)
+    }
+
+    /// `self + d`, saturating.
+    pub fn saturating_add(self, d: Duration) -> Timestamp {
+        let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ns))
+    }
+
+    /// How long from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_nanos(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            Err(e) => Timestamp(-i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            self.to_datetime()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hello
+
+/// The first frame on every connection, from the connecting side.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender. Always the first field.
+    pub version: u32,
+    /// Who is connecting.
+    pub role: Role,
+    /// The shared secret for this role, if the server requires one.
+    pub token: Option<String>,
+    /// Free-form software name and version, for logs (`builder-worker 0.1.0`).
+    pub software: String,
+}
+
+/// Who is connecting.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `builder-client`: changes and observes the schedule.
+    Client,
+    /// `builder-worker`: runs jobs of one platform.
+    Worker {
+        /// The platform whose queue this worker serves.
+        platform: String,
+        /// The worker's host name, for `info` and logs.
+        host: String,
+    },
+}
+
+/// The server's answer to a [`Hello`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum HelloReply {
+    /// Accepted; the conversation goes on.
+    Welcome(ServerHello),
+    /// Refused (unknown version, bad token, dropped platform, ...); the
+    /// server closes the connection after sending this.
+    Refused {
+        /// One line saying why.
+        reason: String,
+    },
+}
+
+/// What the server tells a peer it accepted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The server's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Free-form software name and version.
+    pub software: String,
+    /// How often each side sends [`WorkerMessage::Heartbeat`] /
+    /// [`ServerToWorker::Heartbeat`] on a worker connection, in milliseconds.
+    /// A side silent for three intervals is considered lost.
+    pub heartbeat_ms: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Jobs
+
+/// A job as it is scheduled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// Unique name of the job.
+    pub name: String,
+    /// What it runs.
+    pub kind: JobKind,
+}
+
+/// What a job runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// A shell script for one platform.
+    Script {
+        /// The platform whose workers run it.
+        platform: String,
+        /// The script (`script.sh` on the worker).
+        script: String,
+    },
+    /// An opam package built with orb on every platform that has a template
+    /// (`orb-build.template.<platform>` in the server's config directory).
+    Orb {
+        /// The opam package name.
+        opam_package: String,
+    },
+}
+
+/// A job handed to a worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobAssignment {
+    /// Identifies this run (and its record, `DIR/<name>/<uuid>/full`).
+    pub uuid: Uuid,
+    /// The job's name.
+    pub name: String,
+    /// The platform it runs on.
+    pub platform: String,
+    /// The script to run.
+    pub script: String,
+    /// The worker kills the job after this many seconds (outcome `timeout`).
+    pub timeout_secs: u64,
+}
+
+/// One line of console output.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OutputLine {
+    /// Nanoseconds since the job started.
+    pub delta_ns: i64,
+    /// The line's bytes without its newline; not necessarily UTF-8.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// How a job ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The script exited with this code.
+    Exited(i32),
+    /// The script was killed by this signal.
+    Signalled(Signal),
+    /// The script was stopped by this signal.
+    Stopped(Signal),
+    /// The job did not run to its end: `timeout`, `cancelled`,
+    /// `worker lost 3 times`, or why the worker could not run it.
+    Aborted(String),
+}
+
+impl JobOutcome {
+    /// True only for `Exited(0)`.
+    pub fn is_success(&self) -> bool {
+        matches!(self, JobOutcome::Exited(0))
+    }
+
+    /// The exit status a command-line tool uses to report this outcome: the
+    /// job's own exit code when it fits in one (0..=255), otherwise 1; a
+    /// signal or an abort is always 1, never 0.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            JobOutcome::Exited(code) => u8::try_from(*code).unwrap_or(1),
+            JobOutcome::Signalled(_) | JobOutcome::Stopped(_) | JobOutcome::Aborted(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for JobOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobOutcome::Exited(code) => write!(f, "exited with {code}"),
+            JobOutcome::Signalled(sig) => write!(f, "killed by {}", sig.name()),
+            JobOutcome::Stopped(sig) => write!(f, "stopped by {}", sig.name()),
+            JobOutcome::Aborted(msg) => write!(f, "aborted: {msg}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Worker <-> server
+
+/// From a worker to the server, after the hello.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WorkerMessage {
+    /// Ready for a job of the hello's platform; the server answers with
+    /// [`ServerToWorker::Job`] when one is queued.
+    RequestJob,
+    /// Sent every heartbeat interval whatever else happens.
+    Heartbeat,
+    /// The job's process started at this time (console deltas count from it).
+    Started {
+        /// Which job.
+        uuid: Uuid,
+        /// When the script was started.
+        at: Timestamp,
+    },
+    /// Console lines, in order of arrival (oldest first).
+    Console {
+        /// Which job.
+        uuid: Uuid,
+        /// The lines.
+        lines: Vec<OutputLine>,
+    },
+    /// An artifact follows as [`WorkerMessage::ArtifactChunk`]s whose sizes
+    /// add up to exactly `len`.
+    ArtifactStart {
+        /// Which job.
+        uuid: Uuid,
+        /// Path relative to the job directory, `/`-separated, never `..`.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Total size in bytes.
+        len: u64,
+    },
+    /// Part of the current artifact.
+    ArtifactChunk {
+        /// Which job.
+        uuid: Uuid,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The job is over; every artifact has been sent.
+    Finished {
+        /// Which job.
+        uuid: Uuid,
+        /// When the job ended.
+        finished: Timestamp,
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+}
+
+/// From the server to a worker, after the hello.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ServerToWorker {
+    /// Run this job.
+    Job(JobAssignment),
+    /// Sent every heartbeat interval.
+    Heartbeat,
+    /// Stop the job now (an operator's `cancel`); report it as aborted.
+    Cancel {
+        /// Which job.
+        uuid: Uuid,
+        /// Recorded as the abort message.
+        reason: String,
+    },
+    /// The build record is durably stored; the worker may go.
+    Stored {
+        /// Which job.
+        uuid: Uuid,
+    },
+    /// The server refuses what the worker sent (and closes the connection).
+    Failure {
+        /// One line saying why.
+        reason: String,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Client <-> server
+
+/// A command from `builder-client`, after the hello. One request per
+/// connection is the norm, but a client may send several in sequence.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// Add a job to the schedule (and queue it at once).
+    Schedule {
+        /// The job.
+        job: JobSpec,
+        /// When it runs again.
+        trigger: Trigger,
+        /// Per-job timeout; the server's default when absent.
+        timeout_secs: Option<u64>,
+    },
+    /// Remove a job from the schedule and every queue.
+    Unschedule {
+        /// The job's name.
+        name: String,
+    },
+    /// Set a job's next run to exactly `next`, and optionally its trigger.
+    Reschedule {
+        /// The job's name.
+        name: String,
+        /// Its next run.
+        next: Timestamp,
+        /// Its new trigger, if it changes.
+        trigger: Option<Trigger>,
+    },
+    /// Put a job at the front of its queue(s) now; the schedule is untouched.
+    Execute {
+        /// The job's name.
+        name: String,
+        /// Only this platform (orb-build jobs run on every platform otherwise).
+        platform: Option<String>,
+    },
+    /// The schedule, queues, running jobs, dropped platforms and workers.
+    Info,
+    /// Stream a build's console and result.
+    Observe {
+        /// The build.
+        uuid: Uuid,
+    },
+    /// Observe the newest build (running or finished) matching the filters.
+    ObserveLatest {
+        /// Only builds of this platform.
+        platform: Option<String>,
+        /// Only builds of this job.
+        job: Option<String>,
+    },
+    /// Remove a platform's queue and script jobs; refuse new ones.
+    DropPlatform {
+        /// The platform.
+        platform: String,
+    },
+    /// Accept a dropped platform again.
+    UndropPlatform {
+        /// The platform.
+        platform: String,
+    },
+    /// Stop a running or queued build.
+    Cancel {
+        /// The build.
+        uuid: Uuid,
+    },
+    /// Recent builds with their status and upload state, newest first.
+    Results {
+        /// Only this job's builds.
+        job: Option<String>,
+        /// At most this many.
+        limit: u32,
+    },
+}
+
+/// From the server to a client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum ServerToClient {
+    /// The request was carried out (and is durable).
+    Success {
+        /// Anything worth telling the user (`queued on 2 platforms`).
+        detail: Option<String>,
+    },
+    /// The request was refused.
+    Failure {
+        /// One line saying why.
+        reason: String,
+    },
+    /// The answer to [`ClientRequest::Info`].
+    Info(Info),
+    /// The answer to [`ClientRequest::Results`].
+    Results(Vec<ResultSummary>),
+    /// First answer to an observe request: which build is shown.
+    ObserveStart(BuildHeader),
+    /// Console lines, oldest first.
+    Console(Vec<OutputLine>),
+    /// This many lines were not sent to this observer because it read too
+    /// slowly; the stored record has them.
+    Dropped {
+        /// How many lines were skipped.
+        lines: u64,
+    },
+    /// The build is over; last message of an observe stream.
+    ObserveEnd {
+        /// When it ended.
+        finished: Timestamp,
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+}
+
+/// Which build an observer is watching.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BuildHeader {
+    /// The build.
+    pub uuid: Uuid,
+    /// Its job.
+    pub job: String,
+    /// Its platform.
+    pub platform: String,
+    /// When it started (assignment time until the worker reports the start).
+    pub started: Timestamp,
+}
+
+/// The answer to `info`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    /// Every scheduled job, by name.
+    pub schedule: Vec<ScheduleEntry>,
+    /// Every platform's queue, front first.
+    pub queues: Vec<QueueInfo>,
+    /// Builds being run now.
+    pub running: Vec<RunningBuild>,
+    /// Platforms that refuse work.
+    pub dropped_platforms: Vec<String>,
+    /// Workers connected now.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// A job in the schedule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleEntry {
+    /// The job.
+    pub job: JobSpec,
+    /// When it runs again.
+    pub trigger: Trigger,
+    /// Its next run; `None` for `never` after its first run.
+    pub next_run: Option<Timestamp>,
+    /// Its timeout, if it has its own.
+    pub timeout_secs: Option<u64>,
+}
+
+/// One platform's queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// The platform.
+    pub platform: String,
+    /// Names of the queued jobs, front first.
+    pub jobs: Vec<String>,
+}
+
+/// A build being run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RunningBuild {
+    /// The build.
+    pub uuid: Uuid,
+    /// Its job.
+    pub job: String,
+    /// Its platform.
+    pub platform: String,
+    /// When it was handed to its worker.
+    pub started: Timestamp,
+    /// The worker's host name and address.
+    pub worker: String,
+}
+
+/// A connected worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The platform it serves.
+    pub platform: String,
+    /// Its host name (from its hello).
+    pub host: String,
+    /// Its address as the server sees it.
+    pub peer: String,
+    /// The build it runs, if any.
+    pub running: Option<Uuid>,
+}
+
+/// A finished build, as listed by `results`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ResultSummary {
+    /// The build.
+    pub uuid: Uuid,
+    /// Its job.
+    pub job: String,
+    /// Its platform.
+    pub platform: String,
+    /// When it started.
+    pub started: Timestamp,
+    /// When it ended.
+    pub finished: Timestamp,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// Whether it reached builder-web.
+    pub upload: UploadState,
+}
+
+/// Whether a build record reached builder-web.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum UploadState {
+    /// The server has no `--upload` URL.
+    NotConfigured,
+    /// Not yet delivered.
+    Pending {
+        /// Failed attempts so far.
+        attempts: u32,
+        /// The last failure, if any.
+        last_error: Option<String>,
+    },
+    /// Accepted by builder-web (2xx or 409 Conflict).
+    Delivered {
+        /// When.
+        at: Timestamp,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The payload is not a valid message of the expected type.
+    #[error("malformed message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// The payload holds a message followed by garbage.
+    #[error("malformed message: {extra} trailing bytes after the message")]
+    Trailing {
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a message as a frame payload.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
+    Ok(bincode::serde::encode_to_vec(msg, config())?)
+}
+
+/// Decodes a frame payload; the whole payload must be one message.
+///
+/// bincode allocates a string or list as long as its length prefix claims
+/// before reading it, so a hostile 20-byte payload could ask for exabytes.
+/// Decoding is therefore limited to a budget that grows with the payload:
+/// at most 64 KiB or four times the payload's size, whichever is larger.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, MessageError> {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+    let (msg, used) = match payload.len() {
+        n if n <= 16 * KIB => decode_limited::<T, { 64 * KIB }>(payload)?,
+        n if n <= 256 * KIB => decode_limited::<T, { MIB }>(payload)?,
+        n if n <= 4 * MIB => decode_limited::<T, { 16 * MIB }>(payload)?,
+        n if n <= 64 * MIB => decode_limited::<T, { 256 * MIB }>(payload)?,
+        _ => decode_limited::<T, { 1024 * MIB }>(payload)?,
+    };
+    if used != payload.len() {
+        return Err(MessageError::Trailing {
+            extra: payload.len() - used,
+        });
+    }
+    Ok(msg)
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(payload, config().with_limit::<LIMIT>())
+}
+
+/// Reads just the protocol version at the start of a [`Hello`] payload, so a
+/// server can tell a peer of another version what it speaks even when the
+/// rest of its hello does not decode.
+pub fn peek_hello_version(payload: &[u8]) -> Option<u32> {
+    bincode::decode_from_slice::<u32, _>(payload, config())
+        .ok()
+        .map(|(v, _)| v)
+}

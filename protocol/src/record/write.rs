@@ -1,0 +1,376 @@
+//! Lays the record out: one walk over the schema that computes every length up
+//! front and emits headers and contents to a [`Sink`]. [`Exec::encode`] emits
+//! into a `Vec`; [`write_record`] into a writer, copying artifact bodies from
+//! files with a bounded buffer.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use super::der::{self, header, int_content, time_content, tlv_len, Small};
+use super::{Artifact, ConsoleLine, Exec, ExecResult, RecordHead, ScriptJob, TimeForms};
+use chrono::{DateTime, Utc};
+
+/// Size of the buffer [`write_record`] copies artifact files through.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// An artifact waiting on disk: the server keeps artifacts in files while a
+/// job runs and streams them into the record when it finishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileArtifact {
+    /// Path relative to the job directory, as stored in the record.
+    pub path: Vec<u8>,
+    /// Where the content is now.
+    pub file: PathBuf,
+    /// The content's length; the file must have exactly this size when
+    /// [`write_record`] copies it.
+    pub len: u64,
+}
+
+/// Writes the record made of `head` and the artifacts in `artifacts` to `out`,
+/// byte for byte what [`Exec::encode`] produces for the same record, and
+/// returns the number of bytes written.
+///
+/// Every length is computed from [`FileArtifact::len`] first; each file is
+/// then copied through a 64 KiB buffer, so memory stays bounded whatever the
+/// artifacts' sizes. Output is buffered internally and flushed before
+/// returning.
+///
+/// # Errors
+///
+/// Any error of `out`, and an error naming the file if an artifact cannot be
+/// opened or read or its size differs from its `len`. On error part of the
+/// record may have been written: write to a temporary file and rename it
+/// into place only on success.
+pub fn write_record<W: Write>(
+    out: &mut W,
+    head: &RecordHead,
+    artifacts: &[FileArtifact],
+) -> io::Result<u64> {
+    let metas: Vec<(&[u8], u64)> = artifacts
+        .iter()
+        .map(|a| (a.path.as_slice(), a.len))
+        .collect();
+    let layout = Layout::new(HeadRef::from_head(head), &metas);
+    let mut sink = FileSink {
+        out: BufWriter::with_capacity(COPY_BUFFER, out),
+        artifacts,
+        buf: vec![0; COPY_BUFFER],
+        written: 0,
+    };
+    let total = layout.emit(&mut sink)?;
+    sink.out.flush()?;
+    debug_assert_eq!(sink.written, total);
+    Ok(total)
+}
+
+/// Length in bytes of the record [`write_record`] would write.
+pub fn record_len(head: &RecordHead, artifacts: &[FileArtifact]) -> u64 {
+    let metas: Vec<(&[u8], u64)> = artifacts
+        .iter()
+        .map(|a| (a.path.as_slice(), a.len))
+        .collect();
+    Layout::new(HeadRef::from_head(head), &metas).total()
+}
+
+pub(super) fn encode_exec(exec: &Exec) -> Vec<u8> {
+    let metas = artifact_metas(&exec.output);
+    let layout = Layout::new(HeadRef::from_exec(exec), &metas);
+    let total = layout.total();
+    let mut sink = VecSink {
+        out: Vec::with_capacity(usize::try_from(total).unwrap_or(0)),
+        artifacts: &exec.output,
+    };
+    layout
+        .emit(&mut sink)
+        .expect("encoding into memory cannot fail");
+    debug_assert_eq!(sink.out.len() as u64, total);
+    sink.out
+}
+
+pub(super) fn exec_len(exec: &Exec) -> u64 {
+    let metas = artifact_metas(&exec.output);
+    Layout::new(HeadRef::from_exec(exec), &metas).total()
+}
+
+fn artifact_metas(artifacts: &[Artifact]) -> Vec<(&[u8], u64)> {
+    artifacts
+        .iter()
+        .map(|a| (a.path.as_slice(), a.data.len() as u64))
+        .collect()
+}
+
+/// Where the encoded record goes.
+trait Sink {
+    /// Headers and in-memory contents.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// The content of artifact `index`, exactly `len` bytes.
+    fn body(&mut self, index: usize, len: u64) -> io::Result<()>;
+}
+
+struct VecSink<'a> {
+    out: Vec<u8>,
+    artifacts: &'a [Artifact],
+}
+
+impl Sink for VecSink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn body(&mut self, index: usize, _len: u64) -> io::Result<()> {
+        self.out.extend_from_slice(&self.artifacts[index].data);
+        Ok(())
+    }
+}
+
+struct FileSink<'a, W: Write> {
+    out: BufWriter<W>,
+    artifacts: &'a [FileArtifact],
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl<W: Write> Sink for FileSink<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn body(&mut self, index: usize, len: u64) -> io::Result<()> {
+        let artifact = &self.artifacts[index];
+        let name = artifact.file.display();
+        let context = |e: io::Error, doing: &str| {
+            io::Error::new(e.kind(), format!("{doing} artifact file {name}: {e}"))
+        };
+        let mut file = File::open(&artifact.file).map_err(|e| context(e, "opening"))?;
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = match file.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "artifact file {name} has {} bytes, {len} were announced",
+                            len - left
+                        ),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(context(e, "reading")),
+            };
+            self.out.write_all(&self.buf[..n])?;
+            self.written += n as u64;
+            left -= n as u64;
+        }
+        loop {
+            match file.read(&mut self.buf[..1]) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("artifact file {name} is longer than the {len} bytes announced"),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(context(e, "reading")),
+            }
+        }
+    }
+}
+
+/// The head fields of a record, borrowed from an [`Exec`] or a [`RecordHead`].
+struct HeadRef<'a> {
+    job: &'a ScriptJob,
+    uuid: &'a [u8; 16],
+    console: &'a [ConsoleLine],
+    started: &'a DateTime<Utc>,
+    finished: &'a DateTime<Utc>,
+    time_forms: TimeForms,
+    result: &'a ExecResult,
+}
+
+impl<'a> HeadRef<'a> {
+    fn from_exec(exec: &'a Exec) -> HeadRef<'a> {
+        HeadRef {
+            job: &exec.job,
+            uuid: &exec.uuid,
+            console: &exec.console,
+            started: &exec.started,
+            finished: &exec.finished,
+            time_forms: exec.time_forms,
+            result: &exec.result,
+        }
+    }
+
+    fn from_head(head: &'a RecordHead) -> HeadRef<'a> {
+        HeadRef {
+            job: &head.job,
+            uuid: &head.uuid,
+            console: &head.console,
+            started: &head.started,
+            finished: &head.finished,
+            time_forms: head.time_forms,
+            result: &head.result,
+        }
+    }
+}
+
+/// A record with the content length of every constructed element computed.
+struct Layout<'a> {
+    head: HeadRef<'a>,
+    artifacts: &'a [(&'a [u8], u64)],
+    started: (u8, Small),
+    finished: (u8, Small),
+    job: u64,
+    files: u64,
+    console: u64,
+    timestamps: u64,
+    result: u64,
+    output: u64,
+    record: u64,
+}
+
+/// Content length of `SEQUENCE { path UTF8String, data UTF8String }`.
+fn pair_len(path: u64, data: u64) -> u64 {
+    tlv_len(path) + tlv_len(data)
+}
+
+/// Content length of a console entry `SEQUENCE { delta INTEGER, data UTF8String }`.
+fn line_len(line: &ConsoleLine) -> u64 {
+    tlv_len(int_content(line.delta_ns).len_u64()) + tlv_len(line.data.len() as u64)
+}
+
+impl<'a> Layout<'a> {
+    fn new(head: HeadRef<'a>, artifacts: &'a [(&'a [u8], u64)]) -> Layout<'a> {
+        let files = head
+            .job
+            .files
+            .iter()
+            .map(|f| tlv_len(pair_len(f.path.len() as u64, f.data.len() as u64)))
+            .sum();
+        let job = tlv_len(head.job.name.len() as u64)
+            + tlv_len(head.job.script.len() as u64)
+            + tlv_len(files)
+            + head
+                .job
+                .platform
+                .as_ref()
+                .map_or(0, |p| tlv_len(p.len() as u64));
+        let console = head.console.iter().map(|l| tlv_len(line_len(l))).sum();
+        let started = time_content(head.started, head.time_forms.started);
+        let finished = time_content(head.finished, head.time_forms.finished);
+        let timestamps = tlv_len(started.1.len_u64()) + tlv_len(finished.1.len_u64());
+        let result = match head.result {
+            ExecResult::Exited(n) | ExecResult::Signalled(n) | ExecResult::Stopped(n) => {
+                tlv_len(int_content(*n).len_u64())
+            }
+            ExecResult::Msg(msg) => tlv_len(msg.len() as u64),
+        };
+        let output = artifacts
+            .iter()
+            .map(|(path, len)| tlv_len(pair_len(path.len() as u64, *len)))
+            .sum();
+        let record = tlv_len(job)
+            + tlv_len(16)
+            + tlv_len(console)
+            + tlv_len(timestamps)
+            + tlv_len(result)
+            + tlv_len(output);
+        Layout {
+            head,
+            artifacts,
+            started,
+            finished,
+            job,
+            files,
+            console,
+            timestamps,
+            result,
+            output,
+            record,
+        }
+    }
+
+    /// The whole record's length: `[0] { SEQUENCE { ... } }`.
+    fn total(&self) -> u64 {
+        tlv_len(tlv_len(self.record))
+    }
+
+    fn emit<S: Sink>(&self, sink: &mut S) -> io::Result<u64> {
+        let head = &self.head;
+        sink.put(&header(der::context(0), tlv_len(self.record)))?;
+        sink.put(&header(der::SEQUENCE, self.record))?;
+
+        sink.put(&header(der::SEQUENCE, self.job))?;
+        string(sink, &head.job.name)?;
+        string(sink, &head.job.script)?;
+        sink.put(&header(der::SEQUENCE, self.files))?;
+        for file in &head.job.files {
+            sink.put(&header(
+                der::SEQUENCE,
+                pair_len(file.path.len() as u64, file.data.len() as u64),
+            ))?;
+            string(sink, &file.path)?;
+            string(sink, &file.data)?;
+        }
+        if let Some(platform) = &head.job.platform {
+            string(sink, platform)?;
+        }
+
+        string(sink, head.uuid)?;
+
+        sink.put(&header(der::SEQUENCE, self.console))?;
+        for line in head.console {
+            sink.put(&header(der::SEQUENCE, line_len(line)))?;
+            integer(sink, line.delta_ns)?;
+            string(sink, &line.data)?;
+        }
+
+        sink.put(&header(der::SEQUENCE, self.timestamps))?;
+        for (tag, content) in [&self.started, &self.finished] {
+            sink.put(&header(*tag, content.len_u64()))?;
+            sink.put(content)?;
+        }
+
+        let choice = match head.result {
+            ExecResult::Exited(_) => 0,
+            ExecResult::Signalled(_) => 1,
+            ExecResult::Stopped(_) => 2,
+            ExecResult::Msg(_) => 3,
+        };
+        sink.put(&header(der::context(choice), self.result))?;
+        match head.result {
+            ExecResult::Exited(n) | ExecResult::Signalled(n) | ExecResult::Stopped(n) => {
+                integer(sink, *n)?
+            }
+            ExecResult::Msg(msg) => string(sink, msg)?,
+        }
+
+        sink.put(&header(der::SEQUENCE, self.output))?;
+        for (index, (path, len)) in self.artifacts.iter().enumerate() {
+            sink.put(&header(der::SEQUENCE, pair_len(path.len() as u64, *len)))?;
+            string(sink, path)?;
+            sink.put(&header(der::UTF8_STRING, *len))?;
+            sink.body(index, *len)?;
+        }
+        Ok(self.total())
+    }
+}
+
+fn string<S: Sink>(sink: &mut S, bytes: &[u8]) -> io::Result<()> {
+    sink.put(&header(der::UTF8_STRING, bytes.len() as u64))?;
+    sink.put(bytes)
+}
+
+fn integer<S: Sink>(sink: &mut S, value: i64) -> io::Result<()> {
+    let content = int_content(value);
+    sink.put(&header(der::INTEGER, content.len_u64()))?;
+    sink.put(&content)
+}
