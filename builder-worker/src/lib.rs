@@ -1,0 +1,204 @@
+//! builder's worker: connects to the server, runs jobs of one platform and
+//! reports their console, result and artifacts.
+//!
+//! - [`run`]: the worker's life — sessions, reconnection with backoff in
+//!   `--loop` mode, shutdown.
+//! - `session`: one connection's conversation (hello, heartbeats, job
+//!   requests, forwarding a job's messages, waiting for `Stored`).
+//! - [`job`]: one job's directory, process group, console, timeout and kill.
+//! - [`console`]: splitting output into lines and lines into batches.
+//! - [`artifacts`]: finding and streaming the files a job left behind.
+//! - [`signals`]: host signals to wire signals.
+//!
+//! By default a worker serves one job and exits (its sandbox is then
+//! recreated by the service manager); with `--loop` it keeps serving and
+//! reconnects when the server goes away. A refusal of the hello (bad token,
+//! dropped platform, other protocol version) is final in both modes.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub mod artifacts;
+pub mod console;
+pub mod job;
+mod session;
+pub mod signals;
+
+use session::{Ended, SessionError};
+
+/// The remote used when neither `-r` nor `BUILDER_REMOTE` is given.
+pub const DEFAULT_REMOTE: &str = "127.0.0.1:1234";
+
+/// The first delay before reconnecting in `--loop` mode.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+
+/// The longest delay before reconnecting in `--loop` mode.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What a worker does and where.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The platform whose jobs this worker runs.
+    pub platform: String,
+    /// The server, `HOST:PORT` (host names and `[v6]:port` work).
+    pub remote: String,
+    /// The worker token, if the server wants one.
+    pub token: Option<String>,
+    /// Keep serving jobs (and reconnecting) instead of exiting after one.
+    pub looping: bool,
+    /// Between SIGTERM and SIGKILL when a job is stopped.
+    pub kill_grace: Duration,
+    /// Where job directories are made (`$TMPDIR`, default `/tmp`).
+    pub tmpdir: PathBuf,
+    /// This machine's name, as shown by the server.
+    pub host: String,
+}
+
+/// Runs the worker until it has served its job (one-shot), `shutdown`
+/// completes, or a final error.
+///
+/// On `shutdown` a running job's process group is stopped and the job is
+/// reported as `Aborted("worker stopped")` while the connection is up; then
+/// `run` returns `Ok`.
+///
+/// # Errors
+///
+/// The server refused the hello (in every mode); or, without `--loop`, the
+/// server is unreachable or the connection was lost.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let work = serve(&config, &stop);
+    tokio::pin!(work);
+    tokio::pin!(shutdown);
+    let mut asked = false;
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            () = &mut shutdown, if !asked => {
+                info!("asked to stop");
+                asked = true;
+                stop.cancel();
+            }
+        }
+    }
+}
+
+async fn serve(config: &Config, stop: &CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new();
+    loop {
+        match session::run(config, stop, &mut backoff).await {
+            Ok(Ended::Served | Ended::Shutdown) => return Ok(()),
+            Err(SessionError::Refused(reason)) => {
+                bail!("server refused the connection: {reason}")
+            }
+            Err(SessionError::Failed(e)) if stop.is_cancelled() => {
+                warn!("{e:#}");
+                return Ok(());
+            }
+            Err(SessionError::Failed(e)) if !config.looping => return Err(e),
+            Err(SessionError::Failed(e)) => {
+                let delay = backoff.next_delay();
+                warn!(remote = %config.remote, "{e:#}; retrying in {}s", delay.as_secs());
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff between reconnections: 1 s doubling up to 30 s, back
+/// to 1 s after a successful hello.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at [`BACKOFF_START`].
+    pub fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_START,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    /// After a success: start over.
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+/// Reads a token file: the token is its first line, surrounding whitespace
+/// ignored.
+///
+/// # Errors
+///
+/// The file cannot be read, or holds no token.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    parse_token(&text).with_context(|| format!("token file {} holds no token", path.display()))
+}
+
+fn parse_token(text: &str) -> Option<String> {
+    let token = text.trim_start().lines().next()?.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// This machine's host name, or `unknown` if it has none.
+pub fn host_name() -> String {
+    match nix::unistd::gethostname() {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(e) => {
+            warn!("cannot get the host name: {}", io::Error::from(e));
+            "unknown".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        b.reset();
+        assert_eq!(b.next_delay(), BACKOFF_START);
+    }
+
+    #[test]
+    fn token_is_the_trimmed_first_line() {
+        assert_eq!(parse_token("secret\n").as_deref(), Some("secret"));
+        assert_eq!(
+            parse_token("  secret \t\nother\n").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(parse_token("\n\n  secret\n").as_deref(), Some("secret"));
+        assert_eq!(parse_token("secret").as_deref(), Some("secret"));
+        assert_eq!(parse_token(""), None);
+        assert_eq!(parse_token(" \n\t\n"), None);
+    }
+}
