@@ -1,0 +1,20 @@
+//! `builder-inspect FILE`: see [`builder_client::inspect`] and
+//! `builder-inspect --help`.
+
+use std::process::ExitCode;
+
+use builder_client::inspect::InspectArgs;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = InspectArgs::parse();
+    builder_client::init_logging(args.verbose);
+    match builder_client::inspect::run(&args) {
+        Ok(code) => code,
+        Err(e) if builder_client::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

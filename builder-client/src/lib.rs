@@ -1,0 +1,312 @@
+//! `builder-client` and `builder-inspect`.
+//!
+//! - [`cli`]: the client's command line (clap) and its local validation.
+//! - [`connect`]: connecting, the hello, one request and its answers.
+//! - [`output`]: human and JSON rendering of the answers.
+//! - [`inspect`]: `builder-inspect`, the viewer and extractor of stored
+//!   build records (`full` files).
+//!
+//! [`run`] carries out one client command; `main.rs` only parses the command
+//! line, sets up logging and maps the result to an exit status.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod connect;
+pub mod inspect;
+pub mod output;
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use protocol::message::{BuildHeader, ClientRequest, JobKind, JobSpec, ServerToClient};
+use protocol::trigger::Trigger;
+
+use crate::cli::{Cli, Command};
+use crate::connect::{answer_name, Session};
+use crate::output::ObserveEvent;
+
+/// Carries out one client command. Returns the exit status on success
+/// (`observe` exits with the build's own status).
+///
+/// # Errors
+/// Everything that prevents the command from being carried out: a script
+/// or token file that cannot be read, an unreachable server, a refusal
+/// (`Failure`), a connection closed early.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    // Everything local first: nothing is sent when a file is unusable.
+    let request = request(&cli.command)?;
+    let token = connect::load_token(cli.token_file.as_deref())?;
+
+    let mut session = Session::open(&cli.remote, token).await?;
+    session.send(&request).await?;
+
+    match &request {
+        ClientRequest::Info => {
+            let info = match session.recv_answer("sending the info").await? {
+                ServerToClient::Info(info) => info,
+                other => return unexpected(other),
+            };
+            let mut out = io::stdout().lock();
+            if cli.json {
+                output::write_json_line(&mut out, &output::InfoView::new(&info))?;
+            } else {
+                output::write_info(&mut out, &info)?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientRequest::Results { .. } => {
+            let results = match session.recv_answer("sending the results").await? {
+                ServerToClient::Results(results) => results,
+                other => return unexpected(other),
+            };
+            let mut out = io::stdout().lock();
+            if cli.json {
+                let views: Vec<_> = results.iter().map(output::ResultView::new).collect();
+                output::write_json_line(&mut out, &views)?;
+            } else {
+                output::write_results(&mut out, &results)?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientRequest::Observe { .. } | ClientRequest::ObserveLatest { .. } => {
+            observe(&mut session, cli.json).await
+        }
+        _ => match session.recv_answer("answering the request").await? {
+            ServerToClient::Success { detail } => {
+                let mut out = io::stdout().lock();
+                if cli.json {
+                    output::write_json_line(
+                        &mut out,
+                        &serde_json::json!({ "ok": true, "detail": detail }),
+                    )?;
+                } else if let Some(detail) = detail {
+                    writeln!(out, "{detail}")?;
+                }
+                out.flush()?;
+                Ok(ExitCode::SUCCESS)
+            }
+            other => unexpected(other),
+        },
+    }
+}
+
+/// Turns a command into its request, reading the script file if any.
+///
+/// # Errors
+/// The script file cannot be read or is not UTF-8.
+pub fn request(command: &Command) -> Result<ClientRequest> {
+    Ok(match command {
+        Command::Schedule {
+            name,
+            platform,
+            script_file,
+            trigger,
+            timeout,
+        } => ClientRequest::Schedule {
+            job: JobSpec {
+                name: name.clone(),
+                kind: JobKind::Script {
+                    platform: platform.clone(),
+                    script: read_script(script_file)?,
+                },
+            },
+            trigger: trigger.trigger().unwrap_or(Trigger::Daily),
+            timeout_secs: *timeout,
+        },
+        Command::OrbBuild {
+            name,
+            opam_package,
+            trigger,
+            timeout,
+        } => ClientRequest::Schedule {
+            job: JobSpec {
+                name: name.clone(),
+                kind: JobKind::Orb {
+                    opam_package: opam_package.clone(),
+                },
+            },
+            trigger: trigger.trigger().unwrap_or(Trigger::Daily),
+            timeout_secs: *timeout,
+        },
+        Command::Unschedule { name } => ClientRequest::Unschedule { name: name.clone() },
+        Command::Reschedule {
+            name,
+            next,
+            trigger,
+        } => ClientRequest::Reschedule {
+            name: name.clone(),
+            next: *next,
+            trigger: trigger.trigger(),
+        },
+        Command::Execute { name, platform } => ClientRequest::Execute {
+            name: name.clone(),
+            platform: platform.clone(),
+        },
+        Command::Info => ClientRequest::Info,
+        Command::Observe { uuid } => ClientRequest::Observe { uuid: *uuid },
+        Command::ObserveLatest { platform, job } => ClientRequest::ObserveLatest {
+            platform: platform.clone(),
+            job: job.clone(),
+        },
+        Command::DropPlatform { platform } => ClientRequest::DropPlatform {
+            platform: platform.clone(),
+        },
+        Command::UndropPlatform { platform } => ClientRequest::UndropPlatform {
+            platform: platform.clone(),
+        },
+        Command::Cancel { uuid } => ClientRequest::Cancel { uuid: *uuid },
+        Command::Results { job, limit } => ClientRequest::Results {
+            job: job.clone(),
+            limit: *limit,
+        },
+    })
+}
+
+/// Reads a script file, which must be UTF-8 (the wire carries a string).
+fn read_script(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read script file {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "script file {} is not valid UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Streams an observed build: header and trailer on stderr, the console
+/// raw on stdout (or NDJSON events with `--json`). Returns the build's exit
+/// status.
+async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
+    let mut header: Option<BuildHeader> = None;
+    let mut out = io::stdout().lock();
+    loop {
+        let waiting = if header.is_none() {
+            "saying which build is observed"
+        } else {
+            "the build ended"
+        };
+        let msg = session.recv(waiting).await;
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                out.flush().ok();
+                return Err(e);
+            }
+        };
+        match msg {
+            ServerToClient::ObserveStart(h) if header.is_none() => {
+                if json {
+                    output::write_json_line(
+                        &mut out,
+                        &ObserveEvent::Start {
+                            uuid: h.uuid.hyphenated().to_string(),
+                            job: h.job.clone(),
+                            platform: h.platform.clone(),
+                            started: output::time_exact(h.started),
+                        },
+                    )?;
+                    out.flush()?;
+                } else {
+                    eprintln!("{}", output::observe_header(&h));
+                }
+                header = Some(h);
+            }
+            ServerToClient::Console(lines) if header.is_some() => {
+                if json {
+                    for line in &lines {
+                        output::write_json_line(
+                            &mut out,
+                            &ObserveEvent::Line {
+                                delta_ns: line.delta_ns,
+                                text: String::from_utf8_lossy(&line.data).into_owned(),
+                            },
+                        )?;
+                    }
+                } else {
+                    output::write_lines_raw(&mut out, &lines)?;
+                }
+                out.flush()?;
+            }
+            ServerToClient::Dropped { lines } if header.is_some() => {
+                if json {
+                    output::write_json_line(&mut out, &ObserveEvent::Dropped { lines })?;
+                    out.flush()?;
+                } else {
+                    // Keep the note in place relative to the console.
+                    out.flush()?;
+                    eprintln!("[{lines} lines not shown: observer too slow]");
+                }
+            }
+            ServerToClient::ObserveEnd { finished, outcome } if header.is_some() => {
+                let status = outcome.exit_status();
+                if json {
+                    output::write_json_line(
+                        &mut out,
+                        &ObserveEvent::End {
+                            finished: output::time_exact(finished),
+                            outcome: output::OutcomeView::from(&outcome),
+                            result: output::outcome(&outcome),
+                            exit_status: status,
+                        },
+                    )?;
+                    out.flush()?;
+                } else {
+                    out.flush()?;
+                    eprintln!(
+                        "{}",
+                        output::observe_end(header.as_ref(), finished, &outcome)
+                    );
+                }
+                return Ok(ExitCode::from(status));
+            }
+            other => {
+                out.flush().ok();
+                return unexpected(other);
+            }
+        }
+    }
+}
+
+/// A `Failure` becomes its reason; anything else out of place is reported
+/// by name.
+fn unexpected<T>(msg: ServerToClient) -> Result<T> {
+    match msg {
+        ServerToClient::Failure { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer from the server: {}", answer_name(&other)),
+    }
+}
+
+/// True when `err` is (caused by) a broken pipe on stdout, e.g.
+/// `builder-client observe ... | head`: not worth an error message.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Installs the stderr log subscriber: warnings by default, `-v` info,
+/// `-vv` debug, `-vvv` trace; `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,669 @@
+//! Human and JSON rendering of the server's answers.
+//!
+//! The JSON documents are built from the view structs below, not from the
+//! wire types, so their shape is a stable interface of its own: times are
+//! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed), UUIDs
+//! are hyphenated, enums are tagged with a lowercase `kind`.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use protocol::message::{
+    BuildHeader, Info, JobKind, JobOutcome, OutputLine, ResultSummary, Timestamp, UploadState,
+};
+use protocol::trigger::Trigger;
+use serde::Serialize;
+
+// ---------------------------------------------------------------------------
+// Small formatters shared with builder-inspect.
+
+/// RFC 3339, whole seconds: `2024-05-05T05:05:05Z` (for tables).
+pub fn time_secs(t: Timestamp) -> String {
+    t.to_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// RFC 3339 with as many fraction digits as needed (for JSON).
+pub fn time_exact(t: Timestamp) -> String {
+    t.to_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// A duration for people: `0.250s`, `59.999s`, `3m 05s`, `2h 03m 05s`.
+pub fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{secs}.{:03}s", d.subsec_millis())
+    } else if secs < 3600 {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h {:02}m {:02}s", secs / 3600, secs / 60 % 60, secs % 60)
+    }
+}
+
+/// A console line's time since the job started: `[   1.234s]`, signed,
+/// truncated to milliseconds.
+pub fn console_delta(delta_ns: i64) -> String {
+    let sign = if delta_ns < 0 { "-" } else { "" };
+    let abs = delta_ns.unsigned_abs();
+    let secs = abs / 1_000_000_000;
+    let millis = abs % 1_000_000_000 / 1_000_000;
+    format!("[{:>8}s]", format!("{sign}{secs}.{millis:03}"))
+}
+
+/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`.
+pub fn outcome(o: &JobOutcome) -> String {
+    match o {
+        JobOutcome::Exited(code) => format!("exited {code}"),
+        JobOutcome::Signalled(sig) => format!("killed by {}", sig.name()),
+        JobOutcome::Stopped(sig) => format!("stopped by {}", sig.name()),
+        JobOutcome::Aborted(msg) => format!("aborted: {msg}"),
+    }
+}
+
+/// `daily`, `cron "0 3 * * *"`.
+pub fn trigger(t: &Trigger) -> String {
+    match t {
+        Trigger::Hourly => "hourly".to_owned(),
+        Trigger::Daily => "daily".to_owned(),
+        Trigger::Weekly => "weekly".to_owned(),
+        Trigger::Never => "never".to_owned(),
+        Trigger::Cron(expr) => format!("cron \"{expr}\""),
+    }
+}
+
+/// `delivered`, `pending (2 attempts, last error: HTTP 500)`, `-`.
+pub fn upload(u: &UploadState) -> String {
+    match u {
+        UploadState::NotConfigured => "-".to_owned(),
+        UploadState::Delivered { .. } => "delivered".to_owned(),
+        UploadState::Pending {
+            attempts,
+            last_error,
+        } => {
+            let s = if *attempts == 1 { "" } else { "s" };
+            match last_error {
+                Some(err) => format!("pending ({attempts} attempt{s}, last error: {err})"),
+                None => format!("pending ({attempts} attempt{s})"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tables.
+
+/// A text table: columns separated by two spaces, padded to the widest cell
+/// (the last column is not padded).
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (as many cells as columns).
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.rows.push(cells);
+    }
+
+    /// Writes the table, each line prefixed with `indent`.
+    pub fn write(&self, out: &mut dyn Write, indent: &str) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::from(indent);
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JSON views.
+
+/// `info --json`.
+#[derive(Serialize, Debug)]
+pub struct InfoView {
+    /// Scheduled jobs.
+    pub schedule: Vec<ScheduleView>,
+    /// Queues, front first.
+    pub queues: Vec<QueueView>,
+    /// Builds running now.
+    pub running: Vec<RunningView>,
+    /// Platforms refusing work.
+    pub dropped_platforms: Vec<String>,
+    /// Connected workers.
+    pub workers: Vec<WorkerView>,
+}
+
+/// One scheduled job.
+#[derive(Serialize, Debug)]
+pub struct ScheduleView {
+    /// Job name.
+    pub name: String,
+    /// `script` or `orb-build`.
+    pub kind: &'static str,
+    /// Platform of a script job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The script of a script job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Package of an orb-build job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opam_package: Option<String>,
+    /// `hourly`, `daily`, `weekly`, `never` or `cron`.
+    pub trigger: &'static str,
+    /// The cron expression when `trigger` is `cron`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// Next run (RFC 3339), null if none.
+    pub next_run: Option<String>,
+    /// The job's own timeout, null for the server's default.
+    pub timeout_secs: Option<u64>,
+}
+
+/// One platform's queue.
+#[derive(Serialize, Debug)]
+pub struct QueueView {
+    /// Platform.
+    pub platform: String,
+    /// Job names, front first.
+    pub jobs: Vec<String>,
+}
+
+/// A running build.
+#[derive(Serialize, Debug)]
+pub struct RunningView {
+    /// Hyphenated UUID.
+    pub uuid: String,
+    /// Job name.
+    pub job: String,
+    /// Platform.
+    pub platform: String,
+    /// RFC 3339.
+    pub started: String,
+    /// The worker running it.
+    pub worker: String,
+}
+
+/// A connected worker.
+#[derive(Serialize, Debug)]
+pub struct WorkerView {
+    /// Platform it serves.
+    pub platform: String,
+    /// Host name.
+    pub host: String,
+    /// Address as the server sees it.
+    pub peer: String,
+    /// The build it runs, null when idle.
+    pub running: Option<String>,
+}
+
+/// How a build ended.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OutcomeView {
+    /// Exit code.
+    Exited {
+        /// The code.
+        code: i32,
+    },
+    /// Killed by a signal.
+    Signalled {
+        /// `SIGKILL`.
+        signal: String,
+    },
+    /// Stopped by a signal.
+    Stopped {
+        /// `SIGSTOP`.
+        signal: String,
+    },
+    /// Did not run to its end.
+    Aborted {
+        /// `timeout`, `cancelled`, ...
+        message: String,
+    },
+}
+
+impl From<&JobOutcome> for OutcomeView {
+    fn from(o: &JobOutcome) -> OutcomeView {
+        match o {
+            JobOutcome::Exited(code) => OutcomeView::Exited { code: *code },
+            JobOutcome::Signalled(sig) => OutcomeView::Signalled {
+                signal: sig.name().to_string(),
+            },
+            JobOutcome::Stopped(sig) => OutcomeView::Stopped {
+                signal: sig.name().to_string(),
+            },
+            JobOutcome::Aborted(msg) => OutcomeView::Aborted {
+                message: msg.clone(),
+            },
+        }
+    }
+}
+
+/// Upload state of a result.
+#[derive(Serialize, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UploadView {
+    /// No upload configured on the server.
+    NotConfigured,
+    /// Not yet delivered.
+    Pending {
+        /// Failed attempts so far.
+        attempts: u32,
+        /// Last failure.
+        last_error: Option<String>,
+    },
+    /// Delivered.
+    Delivered {
+        /// RFC 3339.
+        at: String,
+    },
+}
+
+/// One line of `results --json`.
+#[derive(Serialize, Debug)]
+pub struct ResultView {
+    /// Hyphenated UUID.
+    pub uuid: String,
+    /// Job name.
+    pub job: String,
+    /// Platform.
+    pub platform: String,
+    /// RFC 3339.
+    pub started: String,
+    /// RFC 3339.
+    pub finished: String,
+    /// Seconds, fractional.
+    pub duration_secs: f64,
+    /// Structured outcome.
+    pub outcome: OutcomeView,
+    /// The outcome as text (`killed by SIGKILL`).
+    pub result: String,
+    /// Upload state.
+    pub upload: UploadView,
+}
+
+/// One NDJSON event of `observe --json`.
+#[derive(Serialize, Debug)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum ObserveEvent {
+    /// Which build is shown.
+    Start {
+        /// Hyphenated UUID.
+        uuid: String,
+        /// Job name.
+        job: String,
+        /// Platform.
+        platform: String,
+        /// RFC 3339.
+        started: String,
+    },
+    /// A console line.
+    Line {
+        /// Nanoseconds since the start.
+        delta_ns: i64,
+        /// The bytes, invalid UTF-8 replaced by U+FFFD.
+        text: String,
+    },
+    /// Lines skipped because the observer was too slow.
+    Dropped {
+        /// How many.
+        lines: u64,
+    },
+    /// The build is over.
+    End {
+        /// RFC 3339.
+        finished: String,
+        /// Structured outcome.
+        outcome: OutcomeView,
+        /// The outcome as text.
+        result: String,
+        /// The status this program exits with.
+        exit_status: u8,
+    },
+}
+
+impl InfoView {
+    /// Builds the view of an `info` answer.
+    pub fn new(info: &Info) -> InfoView {
+        InfoView {
+            schedule: info
+                .schedule
+                .iter()
+                .map(|e| {
+                    let (kind, platform, script, opam_package) = match &e.job.kind {
+                        JobKind::Script { platform, script } => {
+                            ("script", Some(platform.clone()), Some(script.clone()), None)
+                        }
+                        JobKind::Orb { opam_package } => {
+                            ("orb-build", None, None, Some(opam_package.clone()))
+                        }
+                    };
+                    let (trigger, cron) = match &e.trigger {
+                        Trigger::Hourly => ("hourly", None),
+                        Trigger::Daily => ("daily", None),
+                        Trigger::Weekly => ("weekly", None),
+                        Trigger::Never => ("never", None),
+                        Trigger::Cron(expr) => ("cron", Some(expr.clone())),
+                    };
+                    ScheduleView {
+                        name: e.job.name.clone(),
+                        kind,
+                        platform,
+                        script,
+                        opam_package,
+                        trigger,
+                        cron,
+                        next_run: e.next_run.map(time_exact),
+                        timeout_secs: e.timeout_secs,
+                    }
+                })
+                .collect(),
+            queues: info
+                .queues
+                .iter()
+                .map(|q| QueueView {
+                    platform: q.platform.clone(),
+                    jobs: q.jobs.clone(),
+                })
+                .collect(),
+            running: info
+                .running
+                .iter()
+                .map(|r| RunningView {
+                    uuid: r.uuid.hyphenated().to_string(),
+                    job: r.job.clone(),
+                    platform: r.platform.clone(),
+                    started: time_exact(r.started),
+                    worker: r.worker.clone(),
+                })
+                .collect(),
+            dropped_platforms: info.dropped_platforms.clone(),
+            workers: info
+                .workers
+                .iter()
+                .map(|w| WorkerView {
+                    platform: w.platform.clone(),
+                    host: w.host.clone(),
+                    peer: w.peer.clone(),
+                    running: w.running.map(|u| u.hyphenated().to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ResultView {
+    /// Builds the view of one result.
+    pub fn new(r: &ResultSummary) -> ResultView {
+        ResultView {
+            uuid: r.uuid.hyphenated().to_string(),
+            job: r.job.clone(),
+            platform: r.platform.clone(),
+            started: time_exact(r.started),
+            finished: time_exact(r.finished),
+            duration_secs: r.finished.since(r.started).as_secs_f64(),
+            outcome: OutcomeView::from(&r.outcome),
+            result: outcome(&r.outcome),
+            upload: match &r.upload {
+                UploadState::NotConfigured => UploadView::NotConfigured,
+                UploadState::Pending {
+                    attempts,
+                    last_error,
+                } => UploadView::Pending {
+                    attempts: *attempts,
+                    last_error: last_error.clone(),
+                },
+                UploadState::Delivered { at } => UploadView::Delivered {
+                    at: time_exact(*at),
+                },
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Human renderings.
+
+/// `info` as text.
+pub fn write_info(out: &mut dyn Write, info: &Info) -> io::Result<()> {
+    if info.schedule.is_empty() {
+        writeln!(out, "schedule: no jobs")?;
+    } else {
+        writeln!(out, "schedule ({} jobs):", info.schedule.len())?;
+        let mut t = Table::new(&["NAME", "JOB", "TRIGGER", "NEXT RUN", "TIMEOUT"]);
+        for e in &info.schedule {
+            t.row(vec![
+                e.job.name.clone(),
+                match &e.job.kind {
+                    JobKind::Script { platform, .. } => format!("script on {platform}"),
+                    JobKind::Orb { opam_package } => format!("orb-build {opam_package}"),
+                },
+                trigger(&e.trigger),
+                e.next_run.map_or_else(|| "-".to_owned(), time_secs),
+                e.timeout_secs
+                    .map_or_else(|| "default".to_owned(), |s| format!("{s}s")),
+            ]);
+        }
+        t.write(out, "  ")?;
+    }
+
+    if info.queues.is_empty() {
+        writeln!(out, "queues: none")?;
+    } else {
+        writeln!(out, "queues (front first):")?;
+        for q in &info.queues {
+            if q.jobs.is_empty() {
+                writeln!(out, "  {}: (empty)", q.platform)?;
+            } else {
+                writeln!(out, "  {}: {}", q.platform, q.jobs.join(", "))?;
+            }
+        }
+    }
+
+    if info.running.is_empty() {
+        writeln!(out, "running: none")?;
+    } else {
+        writeln!(out, "running ({}):", info.running.len())?;
+        let mut t = Table::new(&["UUID", "JOB", "PLATFORM", "STARTED", "WORKER"]);
+        for r in &info.running {
+            t.row(vec![
+                r.uuid.hyphenated().to_string(),
+                r.job.clone(),
+                r.platform.clone(),
+                time_secs(r.started),
+                r.worker.clone(),
+            ]);
+        }
+        t.write(out, "  ")?;
+    }
+
+    if info.dropped_platforms.is_empty() {
+        writeln!(out, "dropped platforms: none")?;
+    } else {
+        writeln!(
+            out,
+            "dropped platforms: {}",
+            info.dropped_platforms.join(", ")
+        )?;
+    }
+
+    if info.workers.is_empty() {
+        writeln!(out, "workers: none connected")?;
+    } else {
+        writeln!(out, "workers ({}):", info.workers.len())?;
+        let mut platforms: Vec<&str> = info.workers.iter().map(|w| w.platform.as_str()).collect();
+        platforms.sort_unstable();
+        platforms.dedup();
+        for p in platforms {
+            let ws: Vec<String> = info
+                .workers
+                .iter()
+                .filter(|w| w.platform == p)
+                .map(|w| match w.running {
+                    Some(u) => format!("{} ({}, running {})", w.host, w.peer, u.hyphenated()),
+                    None => format!("{} ({}, idle)", w.host, w.peer),
+                })
+                .collect();
+            writeln!(out, "  {p}: {}", ws.join("; "))?;
+        }
+    }
+    Ok(())
+}
+
+/// `results` as a table.
+pub fn write_results(out: &mut dyn Write, results: &[ResultSummary]) -> io::Result<()> {
+    if results.is_empty() {
+        return writeln!(out, "no results");
+    }
+    let mut t = Table::new(&[
+        "UUID", "JOB", "PLATFORM", "STARTED", "DURATION", "RESULT", "UPLOAD",
+    ]);
+    for r in results {
+        t.row(vec![
+            r.uuid.hyphenated().to_string(),
+            r.job.clone(),
+            r.platform.clone(),
+            time_secs(r.started),
+            duration(r.finished.since(r.started)),
+            outcome(&r.outcome),
+            upload(&r.upload),
+        ]);
+    }
+    t.write(out, "")
+}
+
+/// The observe header, for stderr.
+pub fn observe_header(h: &BuildHeader) -> String {
+    format!(
+        "build {} of job {} on {}, started {}",
+        h.uuid.hyphenated(),
+        h.job,
+        h.platform,
+        time_secs(h.started)
+    )
+}
+
+/// The observe trailer, for stderr.
+pub fn observe_end(h: Option<&BuildHeader>, finished: Timestamp, o: &JobOutcome) -> String {
+    match h {
+        Some(h) => format!(
+            "build {} of job {}: {} (finished {}, after {})",
+            h.uuid.hyphenated(),
+            h.job,
+            outcome(o),
+            time_secs(finished),
+            duration(finished.since(h.started))
+        ),
+        None => format!("build {} (finished {})", outcome(o), time_secs(finished)),
+    }
+}
+
+/// Writes console lines raw: the bytes unchanged, each followed by `\n`.
+pub fn write_lines_raw(out: &mut dyn Write, lines: &[OutputLine]) -> io::Result<()> {
+    for line in lines {
+        out.write_all(&line.data)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Writes one value as a line of JSON.
+pub fn write_json_line<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(Duration::from_millis(250)), "0.250s");
+        assert_eq!(duration(Duration::from_millis(59_999)), "59.999s");
+        assert_eq!(duration(Duration::from_secs(185)), "3m 05s");
+        assert_eq!(duration(Duration::from_secs(7385)), "2h 03m 05s");
+    }
+
+    #[test]
+    fn console_deltas() {
+        assert_eq!(console_delta(1_234_567_890), "[   1.234s]");
+        assert_eq!(console_delta(0), "[   0.000s]");
+        assert_eq!(console_delta(-1), "[  -0.000s]");
+        assert_eq!(console_delta(-1_500_000_000), "[  -1.500s]");
+        assert_eq!(console_delta(i64::MAX), "[9223372036.854s]");
+        assert_eq!(console_delta(i64::MIN), "[-9223372036.854s]");
+    }
+
+    #[test]
+    fn uploads() {
+        assert_eq!(upload(&UploadState::NotConfigured), "-");
+        assert_eq!(
+            upload(&UploadState::Delivered { at: Timestamp(0) }),
+            "delivered"
+        );
+        assert_eq!(
+            upload(&UploadState::Pending {
+                attempts: 1,
+                last_error: Some("HTTP 500".into())
+            }),
+            "pending (1 attempt, last error: HTTP 500)"
+        );
+        assert_eq!(
+            upload(&UploadState::Pending {
+                attempts: 0,
+                last_error: None
+            }),
+            "pending (0 attempts)"
+        );
+    }
+
+    #[test]
+    fn table_pads_all_but_the_last_column() {
+        let mut t = Table::new(&["A", "BB", "C"]);
+        t.row(vec!["long".into(), "x".into(), "end".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out, "  ").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "  A     BB  C\n  long  x   end\n"
+        );
+    }
+
+    #[test]
+    fn outcome_json() {
+        let v = serde_json::to_value(OutcomeView::from(&JobOutcome::Exited(3))).unwrap();
+        assert_eq!(v, serde_json::json!({"kind": "exited", "code": 3}));
+        let v = serde_json::to_value(OutcomeView::from(&JobOutcome::Aborted("timeout".into())))
+            .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"kind": "aborted", "message": "timeout"})
+        );
+    }
+}
