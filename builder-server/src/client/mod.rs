@@ -1,0 +1,113 @@
+//! A client's connection: one module per request.
+
+mod cancel;
+mod execute;
+mod info;
+mod observe;
+mod platform;
+mod results;
+mod schedule;
+
+use std::sync::Arc;
+
+use protocol::codec::Connection;
+use protocol::message::{ClientRequest, ServerToClient};
+
+use crate::db::DbError;
+use crate::state::Shared;
+
+/// What a simple request answers: success with an optional detail, or a
+/// failure with its reason.
+pub type Reply = Result<Option<String>, String>;
+
+/// Serves a client's requests until it closes the connection.
+pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
+    loop {
+        let request = tokio::select! {
+            request = conn.recv::<ClientRequest>() => request,
+            _ = shared.shutdown.cancelled() => return Ok(()),
+        };
+        let request = match request {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let reason = format!("bad request: {e}");
+                let _ = conn
+                    .send(&ServerToClient::Failure {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                anyhow::bail!(reason);
+            }
+        };
+        tracing::debug!(peer = conn.peer(), ?request, "client request");
+        let answer = match request {
+            ClientRequest::Schedule {
+                job,
+                trigger,
+                timeout_secs,
+            } => reply(schedule::schedule(shared, job, trigger, timeout_secs)),
+            ClientRequest::Unschedule { name } => reply(schedule::unschedule(shared, &name)),
+            ClientRequest::Reschedule {
+                name,
+                next,
+                trigger,
+            } => reply(schedule::reschedule(shared, &name, next, trigger)),
+            ClientRequest::Execute { name, platform } => {
+                reply(execute::execute(shared, &name, platform.as_deref()))
+            }
+            ClientRequest::DropPlatform { platform } => reply(platform::drop(shared, &platform)),
+            ClientRequest::UndropPlatform { platform } => {
+                reply(platform::undrop(shared, &platform))
+            }
+            ClientRequest::Cancel { uuid } => reply(Ok(cancel::cancel(shared, uuid))),
+            ClientRequest::Info => info::info(shared).map(ServerToClient::Info),
+            ClientRequest::Results { job, limit } => {
+                results::results(shared, job.as_deref(), limit).map(ServerToClient::Results)
+            }
+            ClientRequest::Observe { uuid } => {
+                observe::observe(shared, conn, uuid).await?;
+                continue;
+            }
+            ClientRequest::ObserveLatest { platform, job } => {
+                observe::observe_latest(shared, conn, platform.as_deref(), job.as_deref()).await?;
+                continue;
+            }
+        };
+        let answer = answer.map_err(|e| shared.fatal(e))?;
+        conn.send(&answer).await?;
+    }
+}
+
+fn reply(r: Result<Reply, DbError>) -> Result<ServerToClient, DbError> {
+    Ok(match r? {
+        Ok(detail) => ServerToClient::Success { detail },
+        Err(reason) => ServerToClient::Failure { reason },
+    })
+}
+
+/// Job names become directory names under the state directory.
+pub fn check_job_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || name.starts_with('.')
+        || name.contains(['/', '\0'])
+        || name.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "invalid job name {name:?}: it must be 1 to 255 bytes, not start with '.', and contain no '/' or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Platform names become file names (templates).
+pub fn check_platform(platform: &str) -> Result<(), String> {
+    if crate::templates::valid_platform(platform) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid platform name {platform:?}: use letters, digits and - _ . +"
+        ))
+    }
+}

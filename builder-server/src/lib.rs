@@ -1,0 +1,287 @@
+//! builder-server: keeps the schedule and the per-platform queues, hands jobs
+//! to workers, streams their console to observers, stores every finished
+//! build and uploads it to builder-web.
+//!
+//! Map:
+//! - [`run`] (this file): start-up, the accept loop, the hello, shutdown.
+//! - [`db`]: all durable state in SQLite.
+//! - [`worker`]: a worker's connection: dispatch, console, artifacts, result.
+//! - [`client`]: one module per client request.
+//! - [`scheduler`]: queues jobs when they are due.
+//! - [`store`]: `DIR/<job>/<uuid>/full` records.
+//! - [`live`]: running builds and their observers.
+//! - [`upload`]: delivers records to builder-web.
+//! - [`templates`]: orb-build templates.
+//! - [`state`]: what the tasks share.
+
+pub mod client;
+pub mod db;
+pub mod live;
+pub mod scheduler;
+pub mod state;
+pub mod store;
+pub mod templates;
+pub mod upload;
+pub mod worker;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::codec::Connection;
+use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::state::Shared;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory: `state.db` and `<job>/<uuid>/full` records.
+    pub dir: PathBuf,
+    /// Where `orb-build.template.<platform>` files are.
+    pub config_dir: PathBuf,
+    /// Default job timeout.
+    pub job_timeout: Duration,
+    /// Largest frame accepted from a peer.
+    pub max_frame: usize,
+    /// Heartbeat interval on worker connections; silent for three of these
+    /// means lost.
+    pub heartbeat: Duration,
+    /// Token clients must present, if set.
+    pub client_token: Option<String>,
+    /// Token workers must present, if set.
+    pub worker_token: Option<String>,
+    /// Where and how to deliver records, if anywhere.
+    pub upload: Option<upload::UploadConfig>,
+}
+
+impl Config {
+    /// Defaults for a state directory (used by tests and the CLI).
+    pub fn new(dir: PathBuf) -> Config {
+        Config {
+            dir,
+            config_dir: PathBuf::from(default_config_dir()),
+            job_timeout: Duration::from_secs(3600),
+            max_frame: protocol::codec::DEFAULT_MAX_FRAME,
+            heartbeat: Duration::from_secs(5),
+            client_token: None,
+            worker_token: None,
+            upload: None,
+        }
+    }
+}
+
+/// `/etc/builder`, or `/usr/local/etc/builder` on FreeBSD.
+pub fn default_config_dir() -> &'static str {
+    if cfg!(target_os = "freebsd") {
+        "/usr/local/etc/builder"
+    } else {
+        "/etc/builder"
+    }
+}
+
+/// `/var/lib/builder`, or `/var/db/builder` on FreeBSD.
+pub fn default_state_dir() -> &'static str {
+    if cfg!(target_os = "freebsd") {
+        "/var/db/builder"
+    } else {
+        "/var/lib/builder"
+    }
+}
+
+/// How long a peer has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the server on `listener` until `shutdown` completes. Returns an error
+/// if the state cannot be opened or stops being writable.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("cannot create state directory {}", config.dir.display()))?;
+    let _lock = lock_state_dir(&config.dir)?;
+    let db = Db::open(&config.dir.join("state.db"))?;
+    let token = CancellationToken::new();
+    let shared = Arc::new(Shared::new(config, db, token.clone()));
+
+    worker::recover(&shared).await?;
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(scheduler::run(shared.clone()));
+    if shared.config.upload.is_some() {
+        tasks.spawn(upload::run(shared.clone()));
+    }
+
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dir = %shared.config.dir.display(),
+        "builder-server listening"
+    );
+    tokio::pin!(shutdown);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    connections.spawn(async move { handle_connection(shared, stream).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+    drop(listener);
+    // Handlers stop at their next frame boundary; state is committed per
+    // change, so nothing is left to flush but what they are writing now.
+    let drain = async {
+        while connections.join_next().await.is_some() {}
+        while tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within 10 s");
+    }
+    match shared.take_fatal() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Holds an exclusive lock on the state directory so two servers never share
+/// one.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "state directory {} is in use by another builder-server ({e})",
+            dir.display()
+        )
+    })
+}
+
+async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let mut conn = match Connection::from_tcp(stream, shared.config.max_frame) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up connection");
+            return;
+        }
+    };
+    let peer = conn.peer().to_owned();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&shared, &mut conn)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(reason)) => {
+            tracing::warn!(%peer, %reason, "refused connection");
+            let _ = conn.send(&HelloReply::Refused { reason }).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "no hello within {HELLO_TIMEOUT:?}");
+            let _ = conn
+                .send(&HelloReply::Refused {
+                    reason: "no hello received in time".into(),
+                })
+                .await;
+            return;
+        }
+    };
+    let welcome = HelloReply::Welcome(ServerHello {
+        version: PROTOCOL_VERSION,
+        software: format!("builder-server {}", env!("CARGO_PKG_VERSION")),
+        heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+    });
+    if let Err(e) = conn.send(&welcome).await {
+        tracing::debug!(%peer, error = %e, "peer left during hello");
+        return;
+    }
+    let result = match hello.role {
+        Role::Client => client::serve(&shared, &mut conn).await,
+        Role::Worker { platform, host } => {
+            worker::serve(&shared, &mut conn, &platform, &host).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(%peer, error = %format!("{e:#}"), "connection ended with an error");
+    }
+}
+
+/// Reads and checks the hello; `Err` carries the reason sent back.
+async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<Hello, String> {
+    let frame = match conn.recv_frame().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err("connection closed before hello".into()),
+        Err(e) => return Err(format!("bad first frame: {e}")),
+    };
+    let hello: Hello = match message::decode(&frame) {
+        Ok(hello) => hello,
+        Err(e) => {
+            let mut reason =
+                format!("expected a hello for protocol version {PROTOCOL_VERSION}: {e}");
+            if let Some(v) = message::peek_hello_version(&frame).filter(|v| *v != PROTOCOL_VERSION)
+            {
+                reason.push_str(&format!(" (the peer may speak protocol version {v})"));
+            }
+            return Err(reason);
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION})",
+            hello.version
+        ));
+    }
+    let expected = match hello.role {
+        Role::Client => &shared.config.client_token,
+        Role::Worker { .. } => &shared.config.worker_token,
+    };
+    if let Some(expected) = expected {
+        let given = hello.token.as_deref().unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Err(if hello.token.is_none() {
+                "a token is required".into()
+            } else {
+                "bad token".into()
+            });
+        }
+    }
+    if let Role::Worker { platform, .. } = &hello.role {
+        if !templates::valid_platform(platform) {
+            return Err(format!("invalid platform name {platform:?}"));
+        }
+        match shared.db.is_dropped(platform) {
+            Ok(true) => return Err(format!("platform {platform} is dropped")),
+            Ok(false) => {}
+            Err(e) => return Err(shared.fatal(e).to_string()),
+        }
+    }
+    Ok(hello)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

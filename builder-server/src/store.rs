@@ -1,0 +1,235 @@
+//! Where finished builds go: `DIR/<job>/<uuid>/full`.
+//!
+//! While a job runs, its artifacts are written as they arrive to numbered
+//! files in `DIR/<job>/<uuid>/artifacts.partial/`, so the server never holds
+//! one in memory. When the worker reports the end, [`write_full`] streams the
+//! build record (console, result and every artifact file) to `full.partial`,
+//! fsyncs it, renames it to `full` and fsyncs the directories; only then is
+//! the build indexed and acknowledged.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use protocol::record::{self, FileArtifact, RecordHead};
+use uuid::Uuid;
+
+/// Why a build could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker sent something inconsistent.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The directory of one build.
+pub fn build_dir(state_dir: &Path, job: &str, uuid: Uuid) -> PathBuf {
+    state_dir.join(job).join(uuid.to_string())
+}
+
+/// Artifacts of a running build, spooled to disk as they arrive.
+pub struct ArtifactSpool {
+    dir: PathBuf,
+    artifacts: Vec<FileArtifact>,
+    current: Option<(File, u64)>,
+}
+
+impl ArtifactSpool {
+    /// A spool for the build in `build_dir` (created on the first artifact).
+    pub fn new(build_dir: &Path) -> ArtifactSpool {
+        ArtifactSpool {
+            dir: build_dir.join("artifacts.partial"),
+            artifacts: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Starts an artifact of `len` bytes at `path` (relative to the job
+    /// directory, checked here).
+    pub fn start(&mut self, path: Vec<u8>, len: u64) -> Result<(), StoreError> {
+        self.check_complete()?;
+        check_artifact_path(&path).map_err(StoreError::Protocol)?;
+        if self.artifacts.is_empty() {
+            fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        let file_path = self.dir.join(self.artifacts.len().to_string());
+        let file = File::create(&file_path).map_err(io_err(&file_path))?;
+        self.artifacts.push(FileArtifact {
+            path,
+            file: file_path,
+            len,
+        });
+        self.current = Some((file, len));
+        Ok(())
+    }
+
+    /// Appends a chunk to the current artifact.
+    pub fn chunk(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let Some((file, remaining)) = self.current.as_mut() else {
+            return Err(StoreError::Protocol(
+                "artifact chunk without artifact start".into(),
+            ));
+        };
+        if data.len() as u64 > *remaining {
+            return Err(StoreError::Protocol(format!(
+                "artifact {} is longer than announced",
+                record::lossy(&self.artifacts.last().expect("current artifact").path)
+            )));
+        }
+        let path = &self.artifacts.last().expect("current artifact").file;
+        file.write_all(data).map_err(io_err(path))?;
+        *remaining -= data.len() as u64;
+        Ok(())
+    }
+
+    fn check_complete(&mut self) -> Result<(), StoreError> {
+        match self.current.take() {
+            Some((_, 0)) | None => Ok(()),
+            Some((_, remaining)) => Err(StoreError::Protocol(format!(
+                "artifact {} ended {remaining} bytes short",
+                record::lossy(&self.artifacts.last().expect("current artifact").path)
+            ))),
+        }
+    }
+
+    /// Every artifact received, checking the last one is complete.
+    pub fn finish(mut self) -> Result<(PathBuf, Vec<FileArtifact>), StoreError> {
+        self.check_complete()?;
+        Ok((self.dir, self.artifacts))
+    }
+
+    /// Throws the spooled artifacts away.
+    pub fn discard(self) {
+        remove_dir_logged(&self.dir);
+    }
+}
+
+/// Artifact paths come from workers: relative, `/`-separated, no `.`/`..`
+/// components, no NUL, not empty.
+pub fn check_artifact_path(path: &[u8]) -> Result<(), String> {
+    let shown = record::lossy(path);
+    if path.is_empty() || path.contains(&0) || path.starts_with(b"/") {
+        return Err(format!("invalid artifact path {shown:?}"));
+    }
+    if path
+        .split(|&b| b == b'/')
+        .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err(format!("invalid artifact path {shown:?}"));
+    }
+    Ok(())
+}
+
+/// Writes the record durably to `build_dir/full` (blocking: call from a
+/// blocking thread) and removes the artifact spool. Returns the record's path.
+pub fn write_full(
+    build_dir: &Path,
+    head: &RecordHead,
+    artifacts: &[FileArtifact],
+    spool: Option<&Path>,
+) -> Result<PathBuf, StoreError> {
+    fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
+    let partial = build_dir.join("full.partial");
+    let full = build_dir.join("full");
+    let file = File::create(&partial).map_err(io_err(&partial))?;
+    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
+    record::write_record(&mut out, head, artifacts).map_err(io_err(&partial))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err(&partial)(e.into_error()))?;
+    file.sync_all().map_err(io_err(&partial))?;
+    drop(file);
+    fs::rename(&partial, &full).map_err(io_err(&full))?;
+    sync_dir(build_dir)?;
+    // The job directory and the state directory may have just been created.
+    if let Some(job_dir) = build_dir.parent() {
+        sync_dir(job_dir)?;
+        if let Some(state_dir) = job_dir.parent() {
+            sync_dir(state_dir)?;
+        }
+    }
+    if let Some(spool) = spool {
+        remove_dir_logged(spool);
+    }
+    Ok(full)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Removes a build directory left incomplete by a crash or a lost worker
+/// (one without a `full` record).
+pub fn remove_incomplete(build_dir: &Path) {
+    if !build_dir.join("full").exists() {
+        remove_dir_logged(build_dir);
+    }
+}
+
+fn remove_dir_logged(dir: &Path) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot remove directory"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_paths_are_checked() {
+        for ok in [&b"a"[..], b"out/sub/file.txt", b"\xff\xfe"] {
+            assert!(check_artifact_path(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            &b""[..],
+            b"/etc/passwd",
+            b"../x",
+            b"a/../b",
+            b"a//b",
+            b"./a",
+            b"a\0b",
+            b"a/",
+        ] {
+            assert!(check_artifact_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spool_refuses_more_or_fewer_bytes_than_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = ArtifactSpool::new(dir.path());
+        spool.start(b"a".to_vec(), 3).unwrap();
+        assert!(spool.chunk(b"abcd").is_err());
+        spool.chunk(b"ab").unwrap();
+        assert!(spool.start(b"b".to_vec(), 1).is_err());
+
+        let mut spool = ArtifactSpool::new(dir.path());
+        spool.start(b"a".to_vec(), 3).unwrap();
+        spool.chunk(b"abc").unwrap();
+        spool.start(b"b/c".to_vec(), 0).unwrap();
+        let (_, artifacts) = spool.finish().unwrap();
+        assert_eq!(artifacts.len(), 2);
+        assert_eq!(fs::read(&artifacts[0].file).unwrap(), b"abc");
+    }
+}

@@ -1,0 +1,489 @@
+//! A worker's connection: it asks for a job of its platform, gets the head of
+//! that queue (or waits for one), streams console and artifacts, and reports
+//! the result, which is stored durably before the worker is told so.
+//!
+//! Liveness: both sides send a heartbeat every interval; a worker silent for
+//! three intervals, or whose connection closes, is lost, and its build goes
+//! back to the front of its queue (or is recorded as aborted after
+//! [`db::MAX_LOST`] lost workers in a row).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::codec::Connection;
+use protocol::message::{
+    BuildHeader, JobAssignment, JobOutcome, ServerToWorker, Timestamp, WorkerMessage,
+};
+use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::db::{self, LostFate, NewResult, Running};
+use crate::live::LiveBuild;
+use crate::state::Shared;
+use crate::store::{self, ArtifactSpool};
+
+/// Serves one worker connection until it closes, is lost or the server stops.
+pub async fn serve(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    platform: &str,
+    host: &str,
+) -> anyhow::Result<()> {
+    let id = shared.workers.register(platform, host, conn.peer());
+    shared.templates.warn_missing(platform);
+    tracing::info!(platform, host, peer = conn.peer(), "worker connected");
+    let mut ticker = tokio::time::interval(shared.config.heartbeat);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut session = Session {
+        shared,
+        name: format!("{host} ({})", conn.peer()),
+        conn,
+        platform,
+        id,
+        ticker,
+        last_seen: Instant::now(),
+    };
+    let result = session.run().await;
+    shared.workers.unregister(id);
+    tracing::info!(platform, host, "worker disconnected");
+    result
+}
+
+/// How a build's conversation ended without a result.
+enum Interrupted {
+    /// The worker is gone or misbehaved: requeue the build.
+    Lost(String),
+    /// The server is shutting down: leave the build marked running, so the
+    /// next start requeues it.
+    Shutdown,
+}
+
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    conn: &'a mut Connection,
+    platform: &'a str,
+    name: String,
+    id: u64,
+    ticker: Interval,
+    last_seen: Instant,
+}
+
+impl Session<'_> {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        loop {
+            if !self.wait_for_request().await? {
+                return Ok(());
+            }
+            let Some(running) = self.wait_for_job().await? else {
+                return Ok(());
+            };
+            if !self.run_build(running).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn liveness_limit(&self) -> Duration {
+        self.shared.config.heartbeat * 3
+    }
+
+    /// A heartbeat tick: send ours, check theirs.
+    async fn tick(&mut self) -> Result<(), String> {
+        if self.last_seen.elapsed() > self.liveness_limit() {
+            return Err(format!("worker silent for {:?}", self.last_seen.elapsed()));
+        }
+        self.conn
+            .send(&ServerToWorker::Heartbeat)
+            .await
+            .map_err(|e| format!("cannot send heartbeat: {e}"))
+    }
+
+    /// Waits for `RequestJob`. `Ok(false)` when the worker left or the server
+    /// stops.
+    async fn wait_for_request(&mut self) -> anyhow::Result<bool> {
+        loop {
+            tokio::select! {
+                msg = self.conn.recv::<WorkerMessage>() => {
+                    self.last_seen = Instant::now();
+                    match msg? {
+                        Some(WorkerMessage::RequestJob) => return Ok(true),
+                        Some(WorkerMessage::Heartbeat) => {}
+                        Some(other) => return Err(self.refuse(format!("unexpected {} before a job request", kind(&other))).await),
+                        None => return Ok(false),
+                    }
+                }
+                _ = self.ticker.tick() => {
+                    if let Err(reason) = self.tick().await {
+                        anyhow::bail!(reason);
+                    }
+                }
+                _ = self.shared.shutdown.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// Claims the head of the platform's queue, waiting for one if needed.
+    async fn wait_for_job(&mut self) -> anyhow::Result<Option<Running>> {
+        let wakeup = self.shared.platform_wakeup(self.platform);
+        loop {
+            let notified = wakeup.notified();
+            tokio::pin!(notified);
+            // Register before looking, so an enqueue in between is not missed.
+            notified.as_mut().enable();
+            let dropped = self
+                .shared
+                .db
+                .is_dropped(self.platform)
+                .map_err(|e| self.shared.fatal(e))?;
+            if dropped {
+                let reason = format!("platform {} was dropped", self.platform);
+                let _ = self.conn.send(&ServerToWorker::Failure { reason }).await;
+                return Ok(None);
+            }
+            let claimed = self
+                .shared
+                .db
+                .claim(self.platform, &self.name, Timestamp::now())
+                .map_err(|e| self.shared.fatal(e))?;
+            if claimed.is_some() {
+                return Ok(claimed);
+            }
+            loop {
+                tokio::select! {
+                    _ = &mut notified => break,
+                    msg = self.conn.recv::<WorkerMessage>() => {
+                        self.last_seen = Instant::now();
+                        match msg? {
+                            Some(WorkerMessage::Heartbeat) => {}
+                            Some(other) => {
+                                return Err(self.refuse(format!("unexpected {} while waiting for a job", kind(&other))).await);
+                            }
+                            None => return Ok(None),
+                        }
+                    }
+                    _ = self.ticker.tick() => {
+                        if let Err(reason) = self.tick().await {
+                            anyhow::bail!(reason);
+                        }
+                    }
+                    _ = self.shared.shutdown.cancelled() => return Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Runs one build on this worker. `Ok(false)` when the connection is over.
+    async fn run_build(&mut self, running: Running) -> anyhow::Result<bool> {
+        let uuid = running.uuid;
+        let job = &running.job;
+        tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = %self.name, "build started");
+        let live = LiveBuild::new(BuildHeader {
+            uuid,
+            job: job.job.clone(),
+            platform: job.platform.clone(),
+            started: running.assigned,
+        });
+        self.shared.live.insert(uuid, live.clone());
+        let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
+        let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
+        let mut spool = ArtifactSpool::new(&build_dir);
+        let mut started = running.assigned;
+
+        let assignment = ServerToWorker::Job(JobAssignment {
+            uuid,
+            name: job.job.clone(),
+            platform: job.platform.clone(),
+            script: job.script.clone(),
+            timeout_secs: job.timeout_secs,
+        });
+        let end = match self.conn.send(&assignment).await {
+            Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {e}"))),
+            Ok(()) => loop {
+                tokio::select! {
+                    msg = self.conn.recv::<WorkerMessage>() => {
+                        self.last_seen = Instant::now();
+                        let msg = match msg {
+                            Ok(Some(msg)) => msg,
+                            Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
+                            Err(e) => break Err(Interrupted::Lost(e.to_string())),
+                        };
+                        let step = match msg {
+                            WorkerMessage::Heartbeat => Ok(()),
+                            WorkerMessage::Started { uuid: u, at } if u == uuid => {
+                                started = at;
+                                live.set_started(at);
+                                Ok(())
+                            }
+                            WorkerMessage::Console { uuid: u, lines } if u == uuid => {
+                                live.push(lines);
+                                Ok(())
+                            }
+                            WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
+                                spool.start(path, len).map_err(|e| e.to_string())
+                            }
+                            WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
+                                spool.chunk(&data).map_err(|e| e.to_string())
+                            }
+                            WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
+                                break Ok((finished, outcome));
+                            }
+                            other => Err(format!("unexpected {} during build {uuid}", kind(&other))),
+                        };
+                        if let Err(reason) = step {
+                            let _ = self.conn.send(&ServerToWorker::Failure { reason: reason.clone() }).await;
+                            break Err(Interrupted::Lost(reason));
+                        }
+                    }
+                    _ = self.ticker.tick() => {
+                        if let Err(reason) = self.tick().await {
+                            break Err(Interrupted::Lost(reason));
+                        }
+                    }
+                    Some(reason) = cancel.recv() => {
+                        tracing::info!(%uuid, %reason, "cancelling build");
+                        if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
+                            break Err(Interrupted::Lost(format!("cannot send cancel: {e}")));
+                        }
+                    }
+                    _ = self.shared.shutdown.cancelled() => break Err(Interrupted::Shutdown),
+                }
+            },
+        };
+        self.shared.workers.set_running(self.id, None);
+
+        let (finished, outcome) = match end {
+            Ok(end) => end,
+            Err(Interrupted::Shutdown) => {
+                // Left marked running: the next start requeues it.
+                self.shared.live.remove(uuid);
+                return Ok(false);
+            }
+            Err(Interrupted::Lost(reason)) => {
+                spool.discard();
+                build_lost(self.shared, running, &live, &reason).await?;
+                return Ok(false);
+            }
+        };
+
+        let artifacts = match spool.finish() {
+            Ok((dir, artifacts)) => (Some(dir), artifacts),
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self
+                    .conn
+                    .send(&ServerToWorker::Failure {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                store::remove_incomplete(&build_dir);
+                build_lost(self.shared, running, &live, &reason).await?;
+                return Ok(false);
+            }
+        };
+        let console = live.lines(0, u64::MAX);
+        let stored = store_result(
+            self.shared,
+            &running,
+            started,
+            finished,
+            outcome.clone(),
+            console,
+            artifacts,
+        )
+        .await;
+        if let Err(e) = stored {
+            // The disk refused the record (full, read-only...). The worker's
+            // work is not lost from the schedule: the build is requeued.
+            let reason = format!("cannot store the build: {e:#}");
+            tracing::error!(%uuid, error = %reason);
+            let _ = self
+                .conn
+                .send(&ServerToWorker::Failure {
+                    reason: reason.clone(),
+                })
+                .await;
+            store::remove_incomplete(&build_dir);
+            build_lost(self.shared, running, &live, &reason).await?;
+            return Ok(false);
+        }
+        live.finish(finished, outcome.clone());
+        self.shared.live.remove(uuid);
+        tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+        if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
+            tracing::debug!(%uuid, error = %e, "worker left before its build was acknowledged");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Tells the worker why it is being dropped; the error ends the session.
+    async fn refuse(&mut self, reason: String) -> anyhow::Error {
+        let _ = self
+            .conn
+            .send(&ServerToWorker::Failure {
+                reason: reason.clone(),
+            })
+            .await;
+        anyhow::anyhow!(reason)
+    }
+}
+
+fn kind(msg: &WorkerMessage) -> &'static str {
+    match msg {
+        WorkerMessage::RequestJob => "job request",
+        WorkerMessage::Heartbeat => "heartbeat",
+        WorkerMessage::Started { .. } => "start report",
+        WorkerMessage::Console { .. } => "console output",
+        WorkerMessage::ArtifactStart { .. } => "artifact",
+        WorkerMessage::ArtifactChunk { .. } => "artifact chunk",
+        WorkerMessage::Finished { .. } => "result",
+    }
+}
+
+/// The build's worker is gone: requeue it, or record it as aborted when it
+/// lost too many workers in a row.
+async fn build_lost(
+    shared: &Arc<Shared>,
+    running: Running,
+    live: &Arc<LiveBuild>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let uuid = running.uuid;
+    let fate = shared.db.worker_lost(uuid).map_err(|e| shared.fatal(e))?;
+    let now = Timestamp::now();
+    match fate {
+        LostFate::Requeued => {
+            tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
+            live.finish(
+                now,
+                JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
+            );
+            shared.live.remove(uuid);
+            shared.wake_platform(&running.job.platform);
+        }
+        LostFate::GiveUp(r) => {
+            tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
+            let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
+            let console = live.lines(0, u64::MAX);
+            store_result(
+                shared,
+                &r,
+                r.assigned,
+                now,
+                outcome.clone(),
+                console,
+                (None, Vec::new()),
+            )
+            .await
+            .context("cannot store the aborted build")?;
+            live.finish(now, outcome);
+            shared.live.remove(uuid);
+        }
+        LostFate::Unknown => shared.live.remove(uuid),
+    }
+    Ok(())
+}
+
+/// Writes the build record and indexes it.
+async fn store_result(
+    shared: &Arc<Shared>,
+    running: &Running,
+    started: Timestamp,
+    finished: Timestamp,
+    outcome: JobOutcome,
+    console: Vec<protocol::message::OutputLine>,
+    (spool_dir, artifacts): (
+        Option<std::path::PathBuf>,
+        Vec<protocol::record::FileArtifact>,
+    ),
+) -> anyhow::Result<()> {
+    let job = &running.job;
+    let head = RecordHead {
+        job: ScriptJob::new(
+            job.job.as_bytes(),
+            job.script.as_bytes(),
+            Some(job.platform.as_bytes().to_vec()),
+        ),
+        uuid: *running.uuid.as_bytes(),
+        console: console
+            .into_iter()
+            .rev()
+            .map(|l| ConsoleLine {
+                delta_ns: l.delta_ns,
+                data: l.data,
+            })
+            .collect(),
+        started: started.to_datetime(),
+        finished: finished.to_datetime(),
+        time_forms: TimeForms::default(),
+        result: exec_result(&outcome),
+    };
+    let build_dir = store::build_dir(&shared.config.dir, &job.job, running.uuid);
+    let path = tokio::task::spawn_blocking(move || {
+        store::write_full(&build_dir, &head, &artifacts, spool_dir.as_deref())
+    })
+    .await
+    .context("record writer panicked")??;
+    shared
+        .db
+        .finish(
+            &NewResult {
+                uuid: running.uuid,
+                job: job.job.clone(),
+                platform: job.platform.clone(),
+                started,
+                finished,
+                outcome,
+                path,
+            },
+            shared.config.upload.is_some(),
+        )
+        .map_err(|e| shared.fatal(e))?;
+    if shared.config.upload.is_some() {
+        shared.upload_wakeup.notify_one();
+    }
+    Ok(())
+}
+
+/// The record's form of an outcome.
+pub fn exec_result(outcome: &JobOutcome) -> ExecResult {
+    match outcome {
+        JobOutcome::Exited(code) => ExecResult::Exited(i64::from(*code)),
+        JobOutcome::Signalled(sig) => ExecResult::Signalled(sig.portable()),
+        JobOutcome::Stopped(sig) => ExecResult::Stopped(sig.portable()),
+        JobOutcome::Aborted(msg) => ExecResult::Msg(msg.as_bytes().to_vec()),
+    }
+}
+
+/// At start-up: builds still marked running lost their worker when the
+/// server stopped. Each goes back to the front of its queue (or is recorded
+/// as aborted after too many lost workers), and half-written files go.
+pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let running = shared.db.running()?;
+    for r in &running {
+        store::remove_incomplete(&store::build_dir(&shared.config.dir, &r.job.job, r.uuid));
+    }
+    let give_up = shared.db.recover_running()?;
+    if !running.is_empty() {
+        tracing::warn!(
+            count = running.len(),
+            "requeued builds that were running when the server stopped"
+        );
+    }
+    for r in give_up {
+        let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
+        store_result(
+            shared,
+            &r,
+            r.assigned,
+            Timestamp::now(),
+            outcome,
+            Vec::new(),
+            (None, Vec::new()),
+        )
+        .await
+        .with_context(|| format!("cannot store aborted build {}", r.uuid))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The farm end to end: real server, worker and client processes over real
+//! TCP on 127.0.0.1 (port 0) with a real SQLite state directory.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use protocol::message::{ClientRequest, HelloReply, JobOutcome, ServerToClient};
+use protocol::record::ExecResult;
+use protocol::signal::Signal;
+
+fn setup() -> (tempfile::TempDir, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("jobs")).unwrap();
+    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
+    let server = Server::start(&tmp.path().join("state"), &[]);
+    (tmp, server)
+}
+
+#[test]
+fn a_scheduled_job_runs_and_its_record_holds_console_and_artifacts() {
+    let (tmp, server) = setup();
+    let script = script(
+        tmp.path(),
+        "build.sh",
+        r#"#!/bin/sh
+echo "line one"
+echo "to stderr" >&2
+i=0; while [ $i -lt 100 ]; do echo "n $i"; i=$((i+1)); done
+mkdir -p out/sub
+echo nested > out/sub/file.txt
+i=0; while [ $i -lt 256 ]; do printf '%b' "\\0$(printf %o $i)"; i=$((i+1)); done > bytes.bin
+printf 'no newline at the end'
+"#,
+    );
+    server.client_ok(&[
+        "schedule",
+        "hello",
+        "linux",
+        script.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let mut worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let exec = server.wait_records("hello", 1).remove(0);
+    assert!(
+        worker.wait_exit().success(),
+        "worker log:\n{}",
+        worker.log()
+    );
+
+    assert_eq!(exec.result, ExecResult::Exited(0));
+    assert_eq!(exec.job.name, b"hello");
+    assert_eq!(exec.job.platform.as_deref(), Some(&b"linux"[..]));
+    assert_eq!(exec.job.script, std::fs::read(&script).unwrap());
+    let mut expected = vec!["line one".to_owned(), "to stderr".to_owned()];
+    expected.extend((0..100).map(|i| format!("n {i}")));
+    expected.push("no newline at the end".into());
+    assert_eq!(console(&exec), expected);
+    let deltas: Vec<i64> = exec.console.iter().rev().map(|l| l.delta_ns).collect();
+    assert!(deltas.windows(2).all(|w| w[0] <= w[1]), "deltas in order");
+    assert!(exec.finished >= exec.started);
+
+    let mut artifacts: Vec<(String, Vec<u8>)> = exec
+        .output
+        .iter()
+        .map(|a| (String::from_utf8(a.path.clone()).unwrap(), a.data.clone()))
+        .collect();
+    artifacts.sort();
+    assert_eq!(
+        artifacts,
+        vec![
+            ("bytes.bin".to_owned(), (0..=255u8).collect::<Vec<u8>>()),
+            ("out/sub/file.txt".to_owned(), b"nested\n".to_vec()),
+        ]
+    );
+    // The job directory is gone.
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("worker-tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // The result is indexed.
+    match server.request(ClientRequest::Results {
+        job: None,
+        limit: 10,
+    }) {
+        ServerToClient::Results(r) => {
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].job, "hello");
+            assert_eq!(r[0].outcome, JobOutcome::Exited(0));
+            assert_eq!(r[0].uuid, exec.uuid_typed());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+trait UuidOf {
+    fn uuid_typed(&self) -> uuid::Uuid;
+}
+impl UuidOf for protocol::record::Exec {
+    fn uuid_typed(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.uuid)
+    }
+}
+
+#[test]
+fn exit_codes_signals_and_timeouts_are_recorded() {
+    let (tmp, server) = setup();
+    let pidfile = tmp.path().join("grandchild.pid");
+    let jobs = [
+        ("exit3", "#!/bin/sh\necho bye\nexit 3\n".to_owned(), None),
+        (
+            "killed",
+            "#!/bin/sh\necho before\nkill -KILL $$\n".to_owned(),
+            None,
+        ),
+        (
+            "slow",
+            format!(
+                "#!/bin/sh\nsleep 1000 &\necho $! > {}\necho waiting\nwait\n",
+                pidfile.display()
+            ),
+            Some("1"),
+        ),
+    ];
+    for (name, body, timeout) in &jobs {
+        let path = script(tmp.path(), name, body);
+        let mut args = vec![
+            "schedule",
+            name,
+            "linux",
+            path.to_str().unwrap(),
+            "--period",
+            "never",
+        ];
+        if let Some(t) = timeout {
+            args.extend(["--timeout", t]);
+        }
+        server.client_ok(&args);
+    }
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &["--loop"]);
+
+    let exit3 = server.wait_records("exit3", 1).remove(0);
+    assert_eq!(exit3.result, ExecResult::Exited(3));
+    assert_eq!(console(&exit3), ["bye"]);
+
+    let killed = server.wait_records("killed", 1).remove(0);
+    assert_eq!(
+        killed.result,
+        ExecResult::Signalled(Signal::Kill.portable())
+    );
+    assert_eq!(killed.result, ExecResult::Signalled(-7));
+
+    let slow = server.wait_records("slow", 1).remove(0);
+    assert_eq!(slow.result, ExecResult::Msg(b"timeout".to_vec()));
+    assert_eq!(console(&slow), ["waiting"]);
+    assert!(slow.output.is_empty(), "a timed-out job sends no artifacts");
+    let grandchild: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the grandchild to be gone", || {
+        (!alive(grandchild)).then_some(())
+    });
+}
+
+/// A script that blocks the first time it runs (leaving its pid in
+/// `pidfile`) and succeeds the second time.
+fn twice_script(tmp: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mark = tmp.join("first-attempt");
+    let pidfile = tmp.join("job.pid");
+    let body = format!(
+        "#!/bin/sh\necho attempt\nif [ -e {mark} ]; then echo second; exit 0; fi\ntouch {mark}\necho $$ > {pid}\nexec sleep 600\n",
+        mark = mark.display(),
+        pid = pidfile.display()
+    );
+    (script(tmp, "twice.sh", &body), pidfile)
+}
+
+fn kill_group(pid: i32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
+fn a_job_whose_worker_dies_is_requeued_and_run_by_another_worker() {
+    let (tmp, server) = setup();
+    let (script, pidfile) = twice_script(tmp.path());
+    server.client_ok(&[
+        "schedule",
+        "twice",
+        "linux",
+        script.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let mut first = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let pid: i32 = wait_for("the job to start", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    first.kill();
+    // The orphaned job would go with the sandbox in production.
+    kill_group(pid);
+    wait_for("the job to be requeued", || {
+        let info = server.info();
+        (info.running.is_empty() && info.queues.iter().any(|q| q.jobs == ["twice"])).then_some(())
+    });
+    let _second = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let exec = server.wait_records("twice", 1).remove(0);
+    assert_eq!(exec.result, ExecResult::Exited(0));
+    assert_eq!(console(&exec), ["attempt", "second"]);
+}
+
+#[test]
+fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
+    let (script, pidfile) = twice_script(tmp.path());
+    let mut server = Server::start(&state, &[]);
+    server.client_ok(&[
+        "schedule",
+        "twice",
+        "linux",
+        script.to_str().unwrap(),
+        "--period",
+        "daily",
+    ]);
+    let other = common::script(tmp.path(), "other.sh", "true\n");
+    server.client_ok(&[
+        "schedule",
+        "other",
+        "freebsd",
+        other.to_str().unwrap(),
+        "--period",
+        "weekly",
+    ]);
+    let before = server.info();
+    let mut worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let pid: i32 = wait_for("the job to start", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+
+    server.proc.kill();
+    // The worker notices and kills its job.
+    let status = worker.wait_exit();
+    assert!(
+        !status.success(),
+        "a worker that lost its server mid-job fails"
+    );
+    wait_for("the job's process group to be gone", || {
+        (!alive(pid)).then_some(())
+    });
+
+    let server = Server::start(&state, &[]);
+    let after = server.info();
+    assert_eq!(after.schedule, before.schedule, "schedule intact");
+    assert!(after.running.is_empty());
+    let linux = after
+        .queues
+        .iter()
+        .find(|q| q.platform == "linux")
+        .expect("linux queue");
+    assert_eq!(linux.jobs, ["twice"], "the interrupted job is queued again");
+    let freebsd = after
+        .queues
+        .iter()
+        .find(|q| q.platform == "freebsd")
+        .expect("freebsd queue");
+    assert_eq!(freebsd.jobs, ["other"], "queued work survives");
+
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let exec = server.wait_records("twice", 1).remove(0);
+    assert_eq!(exec.result, ExecResult::Exited(0));
+    assert_eq!(console(&exec), ["attempt", "second"]);
+}
+
+#[test]
+fn an_observer_gets_every_line_in_order_and_the_exit_status() {
+    let (tmp, server) = setup();
+    let go = tmp.path().join("go");
+    let body = format!(
+        "#!/bin/sh\ni=0; while [ $i -lt 500 ]; do echo \"line $i\"; i=$((i+1)); done\nwhile [ ! -e {go} ]; do sleep 0.02; done\nwhile [ $i -lt 1000 ]; do echo \"line $i\"; i=$((i+1)); done\nexit 3\n",
+        go = go.display()
+    );
+    let path = script(tmp.path(), "observed.sh", &body);
+    server.client_ok(&[
+        "schedule",
+        "observed",
+        "linux",
+        path.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let uuid = wait_for("the build to run", || {
+        server.info().running.first().map(|r| r.uuid)
+    });
+
+    let observer = std::process::Command::new(bin("builder-client"))
+        .args(["-r", &server.addr, "observe", &uuid.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = observer.wait_with_output().unwrap();
+    let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A finished build is replayed from its record.
+    let out = server.client(&["observe", &uuid.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn a_stalled_observer_does_not_slow_the_job() {
+    let (tmp, server) = setup();
+    let go = tmp.path().join("go");
+    // 200k lines of ~100 bytes: ~20 MB, far more than socket buffers hold.
+    let body = format!(
+        "#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.02; done\nyes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -n 200000\n",
+        go = go.display()
+    );
+    let path = script(tmp.path(), "loud.sh", &body);
+    server.client_ok(&[
+        "schedule",
+        "loud",
+        "linux",
+        path.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let uuid = wait_for("the build to run", || {
+        server.info().running.first().map(|r| r.uuid)
+    });
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Subscribe, read the start, then never read again.
+    let _stalled = rt.block_on(async {
+        let mut conn = client_conn(&server.addr).await;
+        conn.send(&ClientRequest::Observe { uuid }).await.unwrap();
+        match conn.recv::<ServerToClient>().await.unwrap() {
+            Some(ServerToClient::ObserveStart(h)) => assert_eq!(h.uuid, uuid),
+            other => panic!("{other:?}"),
+        }
+        conn
+    });
+    std::fs::write(&go, "").unwrap();
+    let exec = server.wait_records("loud", 1).remove(0);
+    assert_eq!(exec.result, ExecResult::Exited(0));
+    assert_eq!(exec.console.len(), 200_000);
+    // The server still answers others while that observer is stuck.
+    assert!(server.info().running.is_empty());
+}
+
+#[test]
+fn a_peer_that_does_not_say_hello_is_refused_and_others_are_served() {
+    let (_tmp, server) = setup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Garbage first frame.
+        let mut conn = protocol::codec::Connection::connect(&server.addr, 1 << 20)
+            .await
+            .unwrap();
+        conn.send(&"not a hello".to_owned()).await.unwrap();
+        match conn.recv::<HelloReply>().await.unwrap() {
+            Some(HelloReply::Refused { reason }) => assert!(reason.contains("hello"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(conn.recv_frame().await.unwrap().is_none(), "then closed");
+
+        // An oversized frame header: refused without the body being sent.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        raw.write_all(&(1u64 << 40).to_be_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut reply))
+            .await
+            .expect("server closes the connection")
+            .unwrap();
+        let reply: HelloReply = protocol::message::decode(&reply[8..]).unwrap();
+        assert!(matches!(reply, HelloReply::Refused { reason } if reason.contains("exceeds")));
+    });
+    assert!(server.info().schedule.is_empty());
+}
