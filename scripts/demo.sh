@@ -1,0 +1,60 @@
+#!/bin/sh
+# A local demo of the whole farm: builds everything, starts a server on
+# 127.0.0.1 with a temporary state directory, schedules a job, runs one
+# worker, shows the live console and then the stored record.
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --locked
+bin="$PWD/target/release"
+demo=$(mktemp -d "${TMPDIR:-/tmp}/builder-demo.XXXXXX")
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    rm -rf "$demo"
+}
+trap cleanup EXIT INT TERM
+
+mkdir -p "$demo/state" "$demo/etc" "$demo/work"
+"$bin/builder-server" --ip 127.0.0.1 --port 0 --dir "$demo/state" --config-dir "$demo/etc" \
+    2> "$demo/server.log" &
+server_pid=$!
+addr=""
+for _ in $(seq 1 100); do
+    addr=$(sed -n 's/.*address=\([^ ]*\).*/\1/p' "$demo/server.log" | head -n 1)
+    [ -n "$addr" ] && break
+    sleep 0.1
+done
+[ -n "$addr" ] || { echo "server did not start:"; cat "$demo/server.log"; exit 1; }
+echo "== server listening on $addr (state in $demo/state)"
+
+cat > "$demo/hello.sh" <<'SCRIPT'
+#!/bin/sh
+echo "building on $(uname -sm)"
+for i in 1 2 3 4 5; do echo "step $i of 5"; sleep 0.3; done
+mkdir -p dist
+echo "hello from builder" > dist/hello.txt
+echo "done"
+SCRIPT
+"$bin/builder-client" -r "$addr" schedule hello demo-platform "$demo/hello.sh" --period never
+echo "== scheduled job 'hello'"
+
+TMPDIR="$demo/work" "$bin/builder-worker" demo-platform -r "$addr" 2> "$demo/worker.log" &
+worker_pid=$!
+
+echo "== live console:"
+# observe-latest fails with "no build matches" until the worker has the job.
+for _ in $(seq 1 200); do
+    if "$bin/builder-client" -r "$addr" observe-latest --job hello 2> "$demo/observe.err"; then
+        cat "$demo/observe.err"
+        break
+    fi
+    grep -q "no build matches" "$demo/observe.err" || { cat "$demo/observe.err"; exit 1; }
+    sleep 0.05
+done
+wait "$worker_pid" || { echo "worker failed:"; cat "$demo/worker.log"; exit 1; }
+
+record=$(ls "$demo"/state/hello/*/full | head -n 1)
+echo "== stored record $record:"
+"$bin/builder-inspect" "$record" --output "$demo/artifacts"
+echo "== artifact written by builder-inspect:"
+cat "$demo/artifacts/dist/hello.txt"
