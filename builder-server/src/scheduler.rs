@@ -77,3 +77,136 @@ pub fn scripts(shared: &Shared, job: &JobSpec) -> Vec<(String, String)> {
         JobKind::Orb { opam_package } => shared.templates.render_all(opam_package),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The schedule with an injected clock: `now` is passed in, never read.
+
+    use chrono::{TimeZone, Utc};
+    use protocol::message::{JobKind, ScheduleEntry};
+
+    use super::*;
+    use crate::db::Db;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> Timestamp {
+        Timestamp::from_datetime(Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap())
+    }
+
+    fn tick(db: &Db, now: Timestamp) -> Vec<String> {
+        let render = |job: &JobSpec| match &job.kind {
+            JobKind::Script { platform, script } => vec![(platform.clone(), script.clone())],
+            JobKind::Orb { .. } => Vec::new(),
+        };
+        db.queue_due(now, next_run, render, 60).unwrap()
+    }
+
+    /// Runs the head of the queue (so the next tick can queue the job again).
+    fn run_queued(db: &Db) -> usize {
+        let mut n = 0;
+        while let Some(r) = db.claim("linux", "w", Timestamp(0)).unwrap() {
+            db.finish(
+                &crate::db::NewResult {
+                    uuid: r.uuid,
+                    job: r.job.job,
+                    platform: "linux".into(),
+                    started: Timestamp(0),
+                    finished: Timestamp(0),
+                    outcome: protocol::message::JobOutcome::Exited(0),
+                    path: "/nowhere".into(),
+                },
+                false,
+            )
+            .unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    fn schedule(db: &Db, trigger: Trigger, now: Timestamp) {
+        db.insert_job(&ScheduleEntry {
+            job: JobSpec {
+                name: "job".into(),
+                kind: JobKind::Script {
+                    platform: "linux".into(),
+                    script: "true".into(),
+                },
+            },
+            trigger,
+            next_run: Some(now),
+            timeout_secs: None,
+        })
+        .unwrap();
+    }
+
+    fn next(db: &Db) -> Option<Timestamp> {
+        db.job("job").unwrap().unwrap().next_run
+    }
+
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn a_daily_job_keeps_its_phase_through_a_busy_period_and_downtime() {
+        let (_dir, db) = db();
+        let t0 = at(2025, 1, 1, 3, 0);
+        schedule(&db, Trigger::Daily, t0);
+        assert_eq!(tick(&db, t0), ["linux"], "queued at once");
+        assert_eq!(next(&db), Some(at(2025, 1, 2, 3, 0)));
+        assert_eq!(run_queued(&db), 1);
+
+        // A busy server gets to it 47 minutes late: the phase stays 03:00.
+        assert!(tick(&db, at(2025, 1, 2, 2, 59)).is_empty(), "not due yet");
+        assert_eq!(tick(&db, at(2025, 1, 2, 3, 47)), ["linux"]);
+        assert_eq!(next(&db), Some(at(2025, 1, 3, 3, 0)));
+        assert_eq!(run_queued(&db), 1);
+
+        // Down from Jan 3 to Jan 6 14:27: one run, next slot still at 03:00.
+        assert_eq!(tick(&db, at(2025, 1, 6, 14, 27)), ["linux"]);
+        assert_eq!(run_queued(&db), 1, "queued once, not once per missed day");
+        assert_eq!(next(&db), Some(at(2025, 1, 7, 3, 0)));
+    }
+
+    #[test]
+    fn reschedule_to_tomorrow_runs_tomorrow_not_now() {
+        let (_dir, db) = db();
+        let now = at(2025, 6, 1, 12, 0);
+        schedule(&db, Trigger::Hourly, now);
+        tick(&db, now);
+        run_queued(&db);
+        let tomorrow = at(2025, 6, 2, 9, 30);
+        db.reschedule("job", tomorrow, Some(&Trigger::Weekly))
+            .unwrap();
+        for minutes in [0, 60, 600, 1289] {
+            let later = now.saturating_add(std::time::Duration::from_secs(minutes * 60));
+            assert!(
+                tick(&db, later).is_empty(),
+                "nothing before NEXT ({minutes} min)"
+            );
+        }
+        assert_eq!(tick(&db, tomorrow), ["linux"], "runs exactly at NEXT");
+        assert_eq!(
+            next(&db),
+            Some(at(2025, 6, 9, 9, 30)),
+            "then weekly from NEXT"
+        );
+    }
+
+    #[test]
+    fn never_runs_once_and_cron_follows_its_expression() {
+        let (_dir, db) = db();
+        let now = at(2025, 2, 27, 10, 0);
+        schedule(&db, Trigger::Never, now);
+        assert_eq!(tick(&db, now), ["linux"]);
+        assert_eq!(next(&db), None);
+        run_queued(&db);
+        assert!(tick(&db, at(2030, 1, 1, 0, 0)).is_empty());
+
+        db.reschedule("job", now, Some(&Trigger::cron("0 0 29 2 *").unwrap()))
+            .unwrap();
+        tick(&db, now);
+        assert_eq!(next(&db), Some(at(2028, 2, 29, 0, 0)), "next Feb 29");
+    }
+}

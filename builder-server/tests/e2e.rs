@@ -398,3 +398,106 @@ fn a_peer_that_does_not_say_hello_is_refused_and_others_are_served() {
     });
     assert!(server.info().schedule.is_empty());
 }
+
+#[test]
+fn tokens_keep_clients_and_workers_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
+    let client_token = tmp.path().join("client.token");
+    let worker_token = tmp.path().join("worker.token");
+    std::fs::write(&client_token, "c-secret\n").unwrap();
+    std::fs::write(&worker_token, "  w-secret \n").unwrap();
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &[
+            "--client-token-file",
+            client_token.to_str().unwrap(),
+            "--worker-token-file",
+            worker_token.to_str().unwrap(),
+        ],
+    );
+    let client = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(bin("builder-client"));
+        cmd.args(["-r", &server.addr])
+            .args(args)
+            .env_remove("BUILDER_TOKEN");
+        if let Some(t) = token {
+            cmd.env("BUILDER_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let out = client(None, &["info"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a token is required"));
+    // A worker token cannot change the schedule.
+    let path = script(tmp.path(), "job.sh", "echo ok\n");
+    let out = client(
+        Some("w-secret"),
+        &["schedule", "job", "linux", path.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad token"));
+    let out = client(
+        Some("c-secret"),
+        &["schedule", "job", "linux", path.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A client token does not make a worker.
+    let mut impostor = server.worker(
+        "linux",
+        &tmp.path().join("worker-tmp"),
+        &["--token-file", client_token.to_str().unwrap()],
+    );
+    assert!(!impostor.wait_exit().success());
+    assert!(impostor.log().contains("bad token"), "{}", impostor.log());
+    let mut worker = server.worker(
+        "linux",
+        &tmp.path().join("worker-tmp"),
+        &["--token-file", worker_token.to_str().unwrap()],
+    );
+    assert!(worker.wait_exit().success(), "{}", worker.log());
+    assert_eq!(server.wait_records("job", 1).len(), 1);
+}
+
+#[test]
+fn listening_beyond_loopback_without_tokens_needs_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("builder-server"))
+        .args(["--ip", "0.0.0.0", "--port", "0", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_a_second_server_cannot_share_its_dir() {
+    let (tmp, mut server) = setup();
+    let out = std::process::Command::new(bin("builder-server"))
+        .args(["--port", "0", "--dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another builder-server"));
+
+    let path = script(tmp.path(), "job.sh", "true\n");
+    server.client_ok(&["schedule", "kept", "linux", path.to_str().unwrap()]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.proc.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = server.proc.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.proc.log());
+    let server = Server::start(&server.dir.clone(), &[]);
+    assert_eq!(server.info().schedule.len(), 1);
+}
