@@ -50,6 +50,9 @@ pub struct Config {
     pub job_timeout: Duration,
     /// Largest frame accepted from a peer.
     pub max_frame: usize,
+    /// Most console bytes kept in memory (and in the record) per build; see
+    /// [`live`].
+    pub max_console: usize,
     /// Heartbeat interval on worker connections; silent for three of these
     /// means lost.
     pub heartbeat: Duration,
@@ -69,6 +72,7 @@ impl Config {
             config_dir: PathBuf::from(default_config_dir()),
             job_timeout: Duration::from_secs(3600),
             max_frame: protocol::codec::DEFAULT_MAX_FRAME,
+            max_console: DEFAULT_MAX_CONSOLE,
             heartbeat: Duration::from_secs(5),
             client_token: None,
             worker_token: None,
@@ -76,6 +80,9 @@ impl Config {
         }
     }
 }
+
+/// The default of [`Config::max_console`]: 256 MiB.
+pub const DEFAULT_MAX_CONSOLE: usize = 256 * 1024 * 1024;
 
 /// `/etc/builder`, or `/usr/local/etc/builder` on FreeBSD.
 pub fn default_config_dir() -> &'static str {

@@ -4,8 +4,14 @@
 //! then follow a bounded broadcast channel. An observer that falls more than
 //! [`OBSERVER_BUFFER`] batches behind loses lines (and is told how many); the
 //! worker and the server never wait for it.
+//!
+//! A build's console is held in memory until its record is written, within a
+//! limit (`--max-console-bytes`): the first half of the limit is kept from
+//! the start of the console and the second half from its end; lines in
+//! between are dropped and the record says how many, in a line where they
+//! were. Build logs fail at their end, so the end is what is kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::message::{BuildHeader, JobOutcome, OutputLine, Timestamp};
@@ -35,9 +41,23 @@ pub enum LiveEvent {
     },
 }
 
+/// Bytes a line costs in memory beyond its data.
+const LINE_OVERHEAD: usize = 48;
+
 struct State {
     header: BuildHeader,
-    lines: Vec<OutputLine>,
+    /// Lines from the start of the console, up to half the limit; observers
+    /// replay these.
+    head: Vec<OutputLine>,
+    head_bytes: usize,
+    /// The newest lines once the head is full, up to half the limit.
+    tail: VecDeque<OutputLine>,
+    tail_bytes: usize,
+    /// Lines received in all.
+    total: u64,
+    /// Lines dropped between head and tail, and their bytes.
+    dropped: (u64, u64),
+    limit: usize,
     end: Option<(Timestamp, JobOutcome)>,
     tx: broadcast::Sender<LiveEvent>,
 }
@@ -52,7 +72,8 @@ pub struct Subscription {
     /// Which build.
     pub header: BuildHeader,
     /// Lines `0..backlog` are read with [`LiveBuild::lines`]; later ones
-    /// arrive on `events`.
+    /// arrive on `events` (lines between `backlog` and the first event's
+    /// index were dropped by the console limit).
     pub backlog: u64,
     /// The end, if the build is already over.
     pub end: Option<(Timestamp, JobOutcome)>,
@@ -61,13 +82,20 @@ pub struct Subscription {
 }
 
 impl LiveBuild {
-    /// A build that was just handed to a worker.
-    pub fn new(header: BuildHeader) -> Arc<LiveBuild> {
+    /// A build that was just handed to a worker; its console is kept within
+    /// `limit` bytes.
+    pub fn new(header: BuildHeader, limit: usize) -> Arc<LiveBuild> {
         let (tx, _) = broadcast::channel(OBSERVER_BUFFER);
         Arc::new(LiveBuild {
             state: Mutex::new(State {
                 header,
-                lines: Vec::new(),
+                head: Vec::new(),
+                head_bytes: 0,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
+                total: 0,
+                dropped: (0, 0),
+                limit,
                 end: None,
                 tx,
             }),
@@ -94,9 +122,29 @@ impl LiveBuild {
             return;
         }
         let mut state = self.lock();
-        let first = state.lines.len() as u64;
+        let state = &mut *state;
+        let first = state.total;
         let shared: Arc<[OutputLine]> = lines.into();
-        state.lines.extend(shared.iter().cloned());
+        let half = state.limit / 2;
+        for line in shared.iter() {
+            state.total += 1;
+            let cost = line.data.len() + LINE_OVERHEAD;
+            if state.tail.is_empty() && state.head_bytes + cost <= half {
+                state.head_bytes += cost;
+                state.head.push(line.clone());
+                continue;
+            }
+            state.tail_bytes += cost;
+            state.tail.push_back(line.clone());
+            while state.tail_bytes > half {
+                let Some(old) = state.tail.pop_front() else {
+                    break;
+                };
+                state.tail_bytes -= old.data.len() + LINE_OVERHEAD;
+                state.dropped.0 += 1;
+                state.dropped.1 += old.data.len() as u64;
+            }
+        }
         // No receivers is fine: nobody is watching.
         let _ = state.tx.send(LiveEvent::Lines {
             first,
@@ -116,29 +164,46 @@ impl LiveBuild {
         let state = self.lock();
         Subscription {
             header: state.header.clone(),
-            backlog: state.lines.len() as u64,
+            backlog: state.head.len() as u64,
             end: state.end.clone(),
             events: state.tx.subscribe(),
         }
     }
 
-    /// Copies lines `from..to` (clamped), for replaying the backlog in pieces.
+    /// Copies lines `from..to` of the console's start (clamped), for
+    /// replaying the backlog in pieces.
     pub fn lines(&self, from: u64, to: u64) -> Vec<OutputLine> {
         let state = self.lock();
-        let to = (to as usize).min(state.lines.len());
+        let to = (to as usize).min(state.head.len());
         let from = (from as usize).min(to);
-        state.lines[from..to].to_vec()
+        state.head[from..to].to_vec()
     }
 
-    /// Takes the whole console out (oldest first), for the build record.
-    /// Observers still following get the end through their channel.
-    pub fn take_console(&self) -> Vec<OutputLine> {
-        std::mem::take(&mut self.lock().lines)
+    /// The console as the record keeps it, oldest first: the start, a line
+    /// saying how much was dropped (if anything was), the end.
+    pub fn console(&self) -> Vec<OutputLine> {
+        let state = self.lock();
+        let mut console = Vec::with_capacity(state.head.len() + state.tail.len() + 1);
+        console.extend(state.head.iter().cloned());
+        if state.dropped.0 > 0 {
+            let (lines, bytes) = state.dropped;
+            let delta_ns = state.tail.front().map_or(0, |l| l.delta_ns);
+            console.push(OutputLine {
+                delta_ns,
+                data: format!(
+                    "[builder: {lines} console lines ({bytes} bytes) dropped here: the console exceeded the server's limit of {} bytes]",
+                    state.limit
+                )
+                .into_bytes(),
+            });
+        }
+        console.extend(state.tail.iter().cloned());
+        console
     }
 
     /// How many lines so far.
     pub fn line_count(&self) -> u64 {
-        self.lock().lines.len() as u64
+        self.lock().total
     }
 }
 
@@ -203,7 +268,7 @@ mod tests {
 
     #[test]
     fn subscriber_sees_backlog_then_live_lines_without_gap_or_overlap() {
-        let build = LiveBuild::new(header());
+        let build = LiveBuild::new(header(), usize::MAX);
         build.push(vec![line(0), line(1)]);
         let mut sub = build.subscribe();
         build.push(vec![line(2)]);
@@ -225,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_slow_subscriber_lags_instead_of_blocking() {
-        let build = LiveBuild::new(header());
+        let build = LiveBuild::new(header(), usize::MAX);
         let mut sub = build.subscribe();
         for i in 0..(OBSERVER_BUFFER + 10) {
             build.push(vec![line(i as u8)]);
@@ -235,5 +300,42 @@ mod tests {
             Err(broadcast::error::TryRecvError::Lagged(10))
         ));
         assert_eq!(build.line_count(), OBSERVER_BUFFER as u64 + 10);
+    }
+
+    #[test]
+    fn the_console_keeps_its_start_and_end_within_the_limit() {
+        let big = |i: u32| OutputLine {
+            delta_ns: i.into(),
+            data: format!("{i:052}").into_bytes(), // 52 + 48 = 100 bytes each
+        };
+        let build = LiveBuild::new(header(), 1000);
+        for i in 0..20 {
+            build.push(vec![big(i)]);
+        }
+        assert_eq!(build.line_count(), 20);
+        let console = build.console();
+        let texts: Vec<String> = console
+            .iter()
+            .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+            .collect();
+        assert_eq!(texts.len(), 11);
+        assert_eq!(
+            &texts[..5],
+            (0..5).map(|i| format!("{i:052}")).collect::<Vec<_>>()
+        );
+        assert!(
+            texts[5].contains("10 console lines (520 bytes) dropped"),
+            "{}",
+            texts[5]
+        );
+        assert_eq!(
+            &texts[6..],
+            (15..20).map(|i| format!("{i:052}")).collect::<Vec<_>>()
+        );
+
+        // A late observer replays the start and learns of the gap.
+        let sub = build.subscribe();
+        assert_eq!(sub.backlog, 5);
+        assert_eq!(build.lines(0, 100).len(), 5);
     }
 }

@@ -54,6 +54,10 @@ struct Args {
     /// Largest frame accepted from a peer, in bytes.
     #[arg(long, default_value_t = protocol::codec::DEFAULT_MAX_FRAME)]
     max_frame: usize,
+    /// Most console bytes kept per build: the start and the end are kept, the
+    /// middle of a longer console is dropped (the record says how much).
+    #[arg(long, default_value_t = builder_server::DEFAULT_MAX_CONSOLE)]
+    max_console_bytes: usize,
     /// Heartbeat interval on worker connections, in milliseconds; a worker
     /// silent for three intervals is considered lost.
     #[arg(long, default_value_t = 5000)]
@@ -162,6 +166,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         config_dir: args.config_dir,
         job_timeout: Duration::from_secs(args.job_timeout),
         max_frame: args.max_frame,
+        max_console: args.max_console_bytes,
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         client_token,
         worker_token,

@@ -178,12 +178,15 @@ impl Session<'_> {
         let uuid = running.uuid;
         let job = &running.job;
         tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = %self.name, "build started");
-        let live = LiveBuild::new(BuildHeader {
-            uuid,
-            job: job.job.clone(),
-            platform: job.platform.clone(),
-            started: running.assigned,
-        });
+        let live = LiveBuild::new(
+            BuildHeader {
+                uuid,
+                job: job.job.clone(),
+                platform: job.platform.clone(),
+                started: running.assigned,
+            },
+            self.shared.config.max_console,
+        );
         self.shared.live.insert(uuid, live.clone());
         let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
         let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
@@ -281,7 +284,7 @@ impl Session<'_> {
                 return Ok(false);
             }
         };
-        let console = live.lines(0, u64::MAX);
+        let console = live.console();
         let stored = store_result(
             self.shared,
             &running,
@@ -365,7 +368,7 @@ async fn build_lost(
         LostFate::GiveUp(r) => {
             tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
-            let console = live.lines(0, u64::MAX);
+            let console = live.console();
             store_result(
                 shared,
                 &r,

@@ -501,3 +501,28 @@ fn sigterm_stops_the_server_cleanly_and_a_second_server_cannot_share_its_dir() {
     let server = Server::start(&server.dir.clone(), &[]);
     assert_eq!(server.info().schedule.len(), 1);
 }
+
+#[test]
+fn a_console_over_the_limit_keeps_its_start_and_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
+    let server = Server::start(&tmp.path().join("state"), &["--max-console-bytes", "20000"]);
+    let path = script(
+        tmp.path(),
+        "loud.sh",
+        "#!/bin/sh\ni=0; while [ $i -lt 5000 ]; do echo \"line $i\"; i=$((i+1)); done\necho the error at the end\nexit 2\n",
+    );
+    server.client_ok(&["schedule", "loud", "linux", path.to_str().unwrap(), "--period", "never"]);
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let exec = server.wait_records("loud", 1).remove(0);
+    assert_eq!(exec.result, ExecResult::Exited(2));
+    let lines = console(&exec);
+    assert!(lines.len() < 1000, "bounded: {} lines kept", lines.len());
+    assert_eq!(lines[0], "line 0");
+    assert_eq!(lines.last().unwrap(), "the error at the end");
+    let marker = lines.iter().find(|l| l.starts_with("[builder: ")).expect("a marker line");
+    assert!(marker.contains("console lines"), "{marker}");
+    // Kept + dropped = everything the job printed.
+    let dropped: usize = marker["[builder: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(lines.len() - 1 + dropped, 5001);
+}
