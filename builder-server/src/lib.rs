@@ -56,6 +56,8 @@ pub struct Config {
     /// Heartbeat interval on worker connections; silent for three of these
     /// means lost.
     pub heartbeat: Duration,
+    /// Most connections served at once; more are refused with a reason.
+    pub max_connections: usize,
     /// Token clients must present, if set.
     pub client_token: Option<String>,
     /// Token workers must present, if set.
@@ -74,6 +76,7 @@ impl Config {
             max_frame: protocol::codec::DEFAULT_MAX_FRAME,
             max_console: DEFAULT_MAX_CONSOLE,
             heartbeat: Duration::from_secs(5),
+            max_connections: 4096,
             client_token: None,
             worker_token: None,
             upload: None,
@@ -134,14 +137,26 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    connections.spawn(async move { handle_connection(shared, stream).await });
+                    match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            connections.spawn(async move {
+                                handle_connection(shared, stream).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; refusing");
+                            connections.spawn(async move { refuse_busy(shared, stream).await });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.
@@ -189,6 +204,21 @@ fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std
             dir.display()
         )
     })
+}
+
+/// Tells a peer over the connection limit why it is turned away.
+async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream) {
+    if let Ok(mut conn) = Connection::from_tcp(stream, shared.config.max_frame) {
+        let reason = format!(
+            "server busy: {} connections already",
+            shared.config.max_connections
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.send(&HelloReply::Refused { reason }),
+        )
+        .await;
+    }
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {

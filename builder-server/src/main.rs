@@ -62,6 +62,9 @@ struct Args {
     /// silent for three intervals is considered lost.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// Most connections (clients, workers, observers) served at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// File holding the token clients must present.
     #[arg(long)]
     client_token_file: Option<PathBuf>,
@@ -167,6 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         job_timeout: Duration::from_secs(args.job_timeout),
         max_frame: args.max_frame,
         max_console: args.max_console_bytes,
+        max_connections: args.max_connections.max(1),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         client_token,
         worker_token,

@@ -512,7 +512,14 @@ fn a_console_over_the_limit_keeps_its_start_and_end() {
         "loud.sh",
         "#!/bin/sh\ni=0; while [ $i -lt 5000 ]; do echo \"line $i\"; i=$((i+1)); done\necho the error at the end\nexit 2\n",
     );
-    server.client_ok(&["schedule", "loud", "linux", path.to_str().unwrap(), "--period", "never"]);
+    server.client_ok(&[
+        "schedule",
+        "loud",
+        "linux",
+        path.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
     let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
     let exec = server.wait_records("loud", 1).remove(0);
     assert_eq!(exec.result, ExecResult::Exited(2));
@@ -520,9 +527,40 @@ fn a_console_over_the_limit_keeps_its_start_and_end() {
     assert!(lines.len() < 1000, "bounded: {} lines kept", lines.len());
     assert_eq!(lines[0], "line 0");
     assert_eq!(lines.last().unwrap(), "the error at the end");
-    let marker = lines.iter().find(|l| l.starts_with("[builder: ")).expect("a marker line");
+    let marker = lines
+        .iter()
+        .find(|l| l.starts_with("[builder: "))
+        .expect("a marker line");
     assert!(marker.contains("console lines"), "{marker}");
     // Kept + dropped = everything the job printed.
-    let dropped: usize = marker["[builder: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    let dropped: usize = marker["[builder: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(lines.len() - 1 + dropped, 5001);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("state"), &["--max-connections", "1"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let held = client_conn(&server.addr).await;
+        let mut second = protocol::codec::Connection::connect(&server.addr, 1 << 20)
+            .await
+            .unwrap();
+        match second.recv::<HelloReply>().await.unwrap() {
+            Some(HelloReply::Refused { reason }) => assert!(reason.contains("busy"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+    });
+    // Once the first connection is gone, others are served again.
+    wait_for("a free connection", || {
+        let out = server.client(&["info"]);
+        out.status.success().then_some(())
+    });
 }

@@ -316,3 +316,22 @@ fn pending_uploads_survive_a_server_killed_with_sigkill() {
         .iter()
         .all(|r| [201, 409, 503].contains(&r.status)));
 }
+
+#[test]
+fn delete_delivered_removes_the_record_but_keeps_the_index() {
+    let (store, addr, _rt) = start_store();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = upload_server(
+        &tmp.path().join("state"),
+        &format!("http://{addr}/upload"),
+        &["--delete-delivered"],
+    );
+    run_jobs(&server, tmp.path(), &["gone"]);
+    wait_for("delivery", || (store.accepted().len() == 1).then_some(()));
+    wait_for("the build directory to go", || {
+        server.records("gone").is_empty().then_some(())
+    });
+    let states = upload_states(&server);
+    assert_eq!(states.len(), 1);
+    assert!(matches!(states[0].1, UploadState::Delivered { .. }));
+}
