@@ -330,31 +330,34 @@ impl Db {
     /// One scheduled job.
     pub fn job(&self, name: &str) -> Result<Option<ScheduleEntry>, DbError> {
         let conn = self.lock();
-        conn.query_row(
-            "SELECT name, kind, platform, script, opam_package, trigger, next_run, timeout_secs FROM jobs WHERE name = ?1",
-            [name],
-            raw_job,
-        )
-        .optional()
-        .map_err(|e| self.err(e))?
-        .map(|raw| self.entry(raw))
-        .transpose()
+        conn.query_row(&format!("{JOB_SELECT} WHERE name = ?1"), [name], raw_job)
+            .optional()
+            .map_err(|e| self.err(e))?
+            .map(|raw| self.entry(raw))
+            .transpose()
     }
 
     /// Every scheduled job, by name.
     pub fn jobs(&self) -> Result<Vec<ScheduleEntry>, DbError> {
+        let raws = self.query_all(&format!("{JOB_SELECT} ORDER BY name"), [], raw_job)?;
+        raws.into_iter().map(|raw| self.entry(raw)).collect()
+    }
+
+    /// Runs a query and collects its rows.
+    fn query_all<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT name, kind, platform, script, opam_package, trigger, next_run, timeout_secs FROM jobs ORDER BY name",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], raw_job)
+            .query_map(params, row)
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
-        rows.into_iter().map(|raw| self.entry(raw)).collect()
+        Ok(rows)
     }
 
     /// The earliest next run of any job, if any job has one.
@@ -376,25 +379,15 @@ impl Db {
         render: impl Fn(&JobSpec) -> Vec<(String, String)>,
         default_timeout: u64,
     ) -> Result<Vec<String>, DbError> {
-        let due: Vec<ScheduleEntry> = {
-            let conn = self.lock();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT name, kind, platform, script, opam_package, trigger, next_run, timeout_secs
-                     FROM jobs WHERE next_run IS NOT NULL AND next_run <= ?1",
-                )
-                .map_err(|e| self.err(e))?;
-            let raws = stmt
-                .query_map([now.0], raw_job)
-                .map_err(|e| self.err(e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
-            drop(stmt);
-            drop(conn);
-            raws.into_iter()
-                .map(|raw| self.entry(raw))
-                .collect::<Result<_, _>>()?
-        };
+        let due: Vec<ScheduleEntry> = self
+            .query_all(
+                &format!("{JOB_SELECT} WHERE next_run IS NOT NULL AND next_run <= ?1"),
+                [now.0],
+                raw_job,
+            )?
+            .into_iter()
+            .map(|raw| self.entry(raw))
+            .collect::<Result<_, _>>()?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -608,7 +601,7 @@ impl Db {
 
     fn running_tx(&self, tx: &Transaction<'_>, uuid: Uuid) -> Result<Option<Running>, DbError> {
         tx.query_row(
-            "SELECT uuid, job, platform, script, timeout_secs, lost, assigned, worker FROM running WHERE uuid = ?1",
+            &format!("{RUNNING_SELECT} WHERE uuid = ?1"),
             [uuid.as_bytes()],
             raw_running,
         )
@@ -620,17 +613,11 @@ impl Db {
 
     /// Every build marked running, oldest first.
     pub fn running(&self) -> Result<Vec<Running>, DbError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT uuid, job, platform, script, timeout_secs, lost, assigned, worker FROM running ORDER BY assigned",
-            )
-            .map_err(|e| self.err(e))?;
-        let raws = stmt
-            .query_map([], raw_running)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+        let raws = self.query_all(
+            &format!("{RUNNING_SELECT} ORDER BY assigned"),
+            [],
+            raw_running,
+        )?;
         raws.into_iter().map(|r| self.running_row(r)).collect()
     }
 
@@ -710,16 +697,11 @@ impl Db {
 
     /// Every dropped platform, by name.
     pub fn dropped_platforms(&self) -> Result<Vec<String>, DbError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT platform FROM dropped_platforms ORDER BY platform")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.query_all(
+            "SELECT platform FROM dropped_platforms ORDER BY platform",
+            [],
+            |r| r.get(0),
+        )
     }
 
     // -- results ------------------------------------------------------------
@@ -760,16 +742,12 @@ impl Db {
 
     /// Recent builds, newest first.
     pub fn results(&self, job: Option<&str>, limit: u32) -> Result<Vec<ResultSummary>, DbError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        let raws = self.query_all(
                 "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
                         upload_state, upload_attempts, upload_error, delivered_at
                  FROM results WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, rowid DESC LIMIT ?2",
-            )
-            .map_err(|e| self.err(e))?;
-        let raws = stmt
-            .query_map(params![job, limit as i64], |r| {
+            params![job, limit as i64],
+            |r| {
                 Ok(RawResult {
                     uuid: r.get(0)?,
                     job: r.get(1)?,
@@ -784,10 +762,8 @@ impl Db {
                     error: r.get(10)?,
                     delivered_at: r.get(11)?,
                 })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+            },
+        )?;
         raws.into_iter().map(|r| self.result_row(r)).collect()
     }
 
@@ -990,6 +966,10 @@ impl Db {
     }
 }
 
+/// The columns [`raw_job`] reads.
+const JOB_SELECT: &str =
+    "SELECT name, kind, platform, script, opam_package, trigger, next_run, timeout_secs FROM jobs";
+
 struct RawJob {
     name: String,
     kind: String,
@@ -1013,6 +993,10 @@ fn raw_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
         timeout_secs: r.get(7)?,
     })
 }
+
+/// The columns [`raw_running`] reads.
+const RUNNING_SELECT: &str =
+    "SELECT uuid, job, platform, script, timeout_secs, lost, assigned, worker FROM running";
 
 struct RawRunning {
     uuid: Vec<u8>,

@@ -272,15 +272,8 @@ impl Session<'_> {
         let artifacts = match spool.finish() {
             Ok((dir, artifacts)) => (Some(dir), artifacts),
             Err(e) => {
-                let reason = e.to_string();
-                let _ = self
-                    .conn
-                    .send(&ServerToWorker::Failure {
-                        reason: reason.clone(),
-                    })
-                    .await;
-                store::remove_incomplete(&build_dir);
-                build_lost(self.shared, running, &live, &reason).await?;
+                self.give_up(running, &live, &build_dir, e.to_string())
+                    .await?;
                 return Ok(false);
             }
         };
@@ -300,14 +293,7 @@ impl Session<'_> {
             // work is not lost from the schedule: the build is requeued.
             let reason = format!("cannot store the build: {e:#}");
             tracing::error!(%uuid, error = %reason);
-            let _ = self
-                .conn
-                .send(&ServerToWorker::Failure {
-                    reason: reason.clone(),
-                })
-                .await;
-            store::remove_incomplete(&build_dir);
-            build_lost(self.shared, running, &live, &reason).await?;
+            self.give_up(running, &live, &build_dir, reason).await?;
             return Ok(false);
         }
         live.finish(finished, outcome.clone());
@@ -318,6 +304,25 @@ impl Session<'_> {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// The build's result cannot be stored: tell the worker why, throw away
+    /// what was written, and treat the build as one whose worker was lost.
+    async fn give_up(
+        &mut self,
+        running: Running,
+        live: &Arc<LiveBuild>,
+        build_dir: &std::path::Path,
+        reason: String,
+    ) -> anyhow::Result<()> {
+        let _ = self
+            .conn
+            .send(&ServerToWorker::Failure {
+                reason: reason.clone(),
+            })
+            .await;
+        store::remove_incomplete(build_dir);
+        build_lost(self.shared, running, live, &reason).await
     }
 
     /// Tells the worker why it is being dropped; the error ends the session.
