@@ -140,7 +140,7 @@ pub enum Command {
         /// The platform.
         platform: String,
     },
-    /// Stop a running or queued build.
+    /// Stop a running build; it is recorded as aborted (`cancelled`).
     Cancel {
         /// The build.
         #[arg(value_parser = parse_uuid)]

@@ -389,7 +389,7 @@ pub enum ClientRequest {
         /// The platform.
         platform: String,
     },
-    /// Stop a running or queued build.
+    /// Stop a running build; it is recorded as aborted (`cancelled`).
     Cancel {
         /// The build.
         uuid: Uuid,
