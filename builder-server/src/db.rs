@@ -636,18 +636,6 @@ impl Db {
             .collect())
     }
 
-    /// At start-up: every build still marked running lost its worker (the
-    /// server went away). Requeues them; returns those to record as aborted.
-    pub fn recover_running(&self) -> Result<Vec<Running>, DbError> {
-        let mut give_up = Vec::new();
-        for running in self.running()? {
-            if let LostFate::GiveUp(r) = self.worker_lost(running.uuid)? {
-                give_up.push(r);
-            }
-        }
-        Ok(give_up)
-    }
-
     // -- platforms ----------------------------------------------------------
 
     /// Drops a platform: its queue and script jobs go, new ones are refused.

@@ -425,7 +425,7 @@ async fn store_result(
         started: started.to_datetime(),
         finished: finished.to_datetime(),
         time_forms: TimeForms::default(),
-        result: exec_result(&outcome),
+        result: ExecResult::from(&outcome),
     };
     let build_dir = store::build_dir(&shared.config.dir, &job.job, running.uuid);
     let path = tokio::task::spawn_blocking(move || {
@@ -454,44 +454,88 @@ async fn store_result(
     Ok(())
 }
 
-/// The record's form of an outcome.
-pub fn exec_result(outcome: &JobOutcome) -> ExecResult {
-    match outcome {
-        JobOutcome::Exited(code) => ExecResult::Exited(i64::from(*code)),
-        JobOutcome::Signalled(sig) => ExecResult::Signalled(sig.portable()),
-        JobOutcome::Stopped(sig) => ExecResult::Stopped(sig.portable()),
-        JobOutcome::Aborted(msg) => ExecResult::Msg(msg.as_bytes().to_vec()),
-    }
-}
-
 /// At start-up: builds still marked running lost their worker when the
 /// server stopped. Each goes back to the front of its queue (or is recorded
 /// as aborted after too many lost workers), and half-written files go.
 pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let running = shared.db.running()?;
-    for r in &running {
-        store::remove_incomplete(&store::build_dir(&shared.config.dir, &r.job.job, r.uuid));
-    }
-    let give_up = shared.db.recover_running()?;
     if !running.is_empty() {
         tracing::warn!(
             count = running.len(),
-            "requeued builds that were running when the server stopped"
+            "recovering builds that were running when the server stopped"
         );
     }
-    for r in give_up {
-        let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
-        store_result(
-            shared,
-            &r,
-            r.assigned,
-            Timestamp::now(),
-            outcome,
-            Vec::new(),
-            (None, Vec::new()),
-        )
-        .await
-        .with_context(|| format!("cannot store aborted build {}", r.uuid))?;
+    for r in running {
+        let build_dir = store::build_dir(&shared.config.dir, &r.job.job, r.uuid);
+        if index_stored(shared, &r, &build_dir).await? {
+            continue;
+        }
+        store::remove_incomplete(&build_dir);
+        if let LostFate::GiveUp(r) = shared.db.worker_lost(r.uuid)? {
+            let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
+            store_result(
+                shared,
+                &r,
+                r.assigned,
+                Timestamp::now(),
+                outcome,
+                Vec::new(),
+                (None, Vec::new()),
+            )
+            .await
+            .with_context(|| format!("cannot store aborted build {}", r.uuid))?;
+        }
     }
     Ok(())
+}
+
+/// A build whose record was written durably but not indexed when the server
+/// stopped: index it now instead of running it again. `Ok(false)` when
+/// there is no complete record.
+async fn index_stored(
+    shared: &Arc<Shared>,
+    running: &Running,
+    build_dir: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let path = build_dir.join("full");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let reading = path.clone();
+    let head = tokio::task::spawn_blocking(move || -> anyhow::Result<RecordHead> {
+        let file = std::fs::File::open(&reading)?;
+        Ok(protocol::record::read_record(
+            std::io::BufReader::new(file),
+            |_, _, _| Ok(()),
+        )?)
+    })
+    .await
+    .context("record reader panicked")?;
+    let head = match head {
+        Ok(head) => head,
+        Err(e) => {
+            // `full` only ever appears complete (renamed after fsync), so
+            // this is damage from outside; keep the file for inspection.
+            tracing::error!(path = %path.display(), error = %format!("{e:#}"), "unreadable record; running the build again");
+            let aside = build_dir.with_extension("unreadable");
+            std::fs::rename(build_dir, &aside)
+                .with_context(|| format!("cannot move {} aside", build_dir.display()))?;
+            return Ok(false);
+        }
+    };
+    let result = NewResult {
+        uuid: running.uuid,
+        job: running.job.job.clone(),
+        platform: running.job.platform.clone(),
+        started: Timestamp::from_datetime(head.started),
+        finished: Timestamp::from_datetime(head.finished),
+        outcome: JobOutcome::from(&head.result),
+        path,
+    };
+    shared
+        .db
+        .finish(&result, shared.config.upload.is_some())
+        .map_err(|e| shared.fatal(e))?;
+    tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
+    Ok(true)
 }

@@ -564,3 +564,55 @@ fn connections_over_the_limit_are_refused_with_the_reason() {
         out.status.success().then_some(())
     });
 }
+
+#[test]
+fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // The state a crash between "record fsynced" and "result committed"
+    // leaves: the build still marked running, its full record on disk.
+    let db = builder_server::db::Db::open(&state.join("state.db")).unwrap();
+    db.enqueue("linux", "crashy", "echo hi\n", 60, false)
+        .unwrap();
+    let running = db
+        .claim("linux", "w", protocol::message::Timestamp::now())
+        .unwrap()
+        .unwrap();
+    drop(db);
+    let exec = protocol::record::Exec {
+        job: protocol::record::ScriptJob::new("crashy", "echo hi\n", Some(b"linux".to_vec())),
+        uuid: *running.uuid.as_bytes(),
+        console: vec![protocol::record::ConsoleLine {
+            delta_ns: 5,
+            data: b"hi".to_vec(),
+        }],
+        started: chrono::Utc::now(),
+        finished: chrono::Utc::now(),
+        time_forms: Default::default(),
+        result: ExecResult::Exited(0),
+        output: Vec::new(),
+    };
+    let dir = state.join("crashy").join(running.uuid.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("full"), exec.encode()).unwrap();
+
+    let server = Server::start(&state, &[]);
+    let info = server.info();
+    assert!(info.running.is_empty());
+    assert!(
+        info.queues.iter().all(|q| q.jobs.is_empty()),
+        "not run again"
+    );
+    match server.request(ClientRequest::Results {
+        job: None,
+        limit: 10,
+    }) {
+        ServerToClient::Results(r) => {
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].uuid, running.uuid);
+            assert_eq!(r[0].outcome, JobOutcome::Exited(0));
+        }
+        other => panic!("{other:?}"),
+    }
+}

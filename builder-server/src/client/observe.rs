@@ -10,8 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use protocol::codec::Connection;
 use protocol::message::{BuildHeader, JobOutcome, OutputLine, ServerToClient, Timestamp};
-use protocol::record::{self, ExecResult};
-use protocol::signal::Signal;
+use protocol::record;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -177,18 +176,8 @@ async fn replay(conn: &mut Connection, uuid: Uuid, path: PathBuf) -> anyhow::Res
     }
     conn.send(&ServerToClient::ObserveEnd {
         finished: Timestamp::from_datetime(head.finished),
-        outcome: outcome(&head.result),
+        outcome: JobOutcome::from(&head.result),
     })
     .await?;
     Ok(())
-}
-
-/// The wire form of a record's result.
-pub fn outcome(result: &ExecResult) -> JobOutcome {
-    match result {
-        ExecResult::Exited(code) => JobOutcome::Exited(i32::try_from(*code).unwrap_or(i32::MAX)),
-        ExecResult::Signalled(n) => JobOutcome::Signalled(Signal::from_portable(*n)),
-        ExecResult::Stopped(n) => JobOutcome::Stopped(Signal::from_portable(*n)),
-        ExecResult::Msg(msg) => JobOutcome::Aborted(record::lossy(msg).into_owned()),
-    }
 }

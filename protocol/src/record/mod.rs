@@ -50,6 +50,7 @@ use std::io;
 
 use chrono::{DateTime, Utc};
 
+use crate::message::JobOutcome;
 use crate::signal::Signal;
 
 pub use der::{INT_MAX, INT_MIN};
@@ -155,6 +156,37 @@ impl ExecResult {
     /// Whether the job exited with code 0.
     pub fn is_success(&self) -> bool {
         matches!(self, ExecResult::Exited(0))
+    }
+}
+
+impl From<&JobOutcome> for ExecResult {
+    /// How a build's outcome is recorded.
+    fn from(outcome: &JobOutcome) -> ExecResult {
+        match outcome {
+            JobOutcome::Exited(code) => ExecResult::Exited(i64::from(*code)),
+            JobOutcome::Signalled(sig) => ExecResult::Signalled(sig.portable()),
+            JobOutcome::Stopped(sig) => ExecResult::Stopped(sig.portable()),
+            JobOutcome::Aborted(msg) => ExecResult::Msg(msg.as_bytes().to_vec()),
+        }
+    }
+}
+
+impl From<&ExecResult> for JobOutcome {
+    /// A recorded result as it crosses the wire (an exit code beyond `i32`
+    /// saturates; a non-UTF-8 message is shown lossily).
+    fn from(result: &ExecResult) -> JobOutcome {
+        match result {
+            ExecResult::Exited(code) => {
+                JobOutcome::Exited(i32::try_from(*code).unwrap_or(if *code < 0 {
+                    i32::MIN
+                } else {
+                    i32::MAX
+                }))
+            }
+            ExecResult::Signalled(n) => JobOutcome::Signalled(Signal::from_portable(*n)),
+            ExecResult::Stopped(n) => JobOutcome::Stopped(Signal::from_portable(*n)),
+            ExecResult::Msg(msg) => JobOutcome::Aborted(lossy(msg).into_owned()),
+        }
     }
 }
 
