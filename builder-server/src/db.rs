@@ -394,19 +394,26 @@ impl Db {
         let mut platforms = Vec::new();
         self.write(|tx| {
             for entry in &due {
+                // Only if nobody (another tick, a reschedule, an unschedule)
+                // changed the job since it was read: checked and updated in
+                // this transaction, so a due run is queued exactly once.
+                let scheduled = entry.next_run.expect("selected with next_run set");
+                let next = next_run(&entry.trigger, scheduled, now);
+                let claimed = tx
+                    .execute(
+                        "UPDATE jobs SET next_run = ?2 WHERE name = ?1 AND next_run = ?3",
+                        params![entry.job.name, next.map(|t| t.0), scheduled.0],
+                    )
+                    .map_err(|e| self.err(e))?;
+                if claimed == 0 {
+                    continue;
+                }
                 let timeout = entry.timeout_secs.unwrap_or(default_timeout);
                 for (platform, script) in render(&entry.job) {
                     if self.enqueue_tx(tx, &platform, &entry.job.name, &script, timeout, false)? {
                         platforms.push(platform);
                     }
                 }
-                let scheduled = entry.next_run.expect("selected with next_run set");
-                let next = next_run(&entry.trigger, scheduled, now);
-                tx.execute(
-                    "UPDATE jobs SET next_run = ?2 WHERE name = ?1",
-                    params![entry.job.name, next.map(|t| t.0)],
-                )
-                .map_err(|e| self.err(e))?;
             }
             Ok(())
         })?;
