@@ -278,7 +278,7 @@ impl Session<'_> {
             }
         };
         let console = live.console();
-        let stored = store_result(
+        let storing = store_result(
             self.shared,
             &running,
             started,
@@ -286,8 +286,12 @@ impl Session<'_> {
             outcome.clone(),
             console,
             artifacts,
-        )
-        .await;
+        );
+        let (stored, reachable) =
+            with_heartbeats(self.conn, self.shared.config.heartbeat, storing).await;
+        // Nothing was read while the record was written: the worker's
+        // heartbeats of that time are still in the socket, unread.
+        self.last_seen = Instant::now();
         if let Err(e) = stored {
             // The disk refused the record (full, read-only...). The worker's
             // work is not lost from the schedule: the build is requeued.
@@ -299,6 +303,9 @@ impl Session<'_> {
         live.finish(finished, outcome.clone());
         self.shared.live.remove(uuid);
         tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+        if !reachable {
+            return Ok(false);
+        }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
             tracing::debug!(%uuid, error = %e, "worker left before its build was acknowledged");
             return Ok(false);
@@ -334,6 +341,42 @@ impl Session<'_> {
             })
             .await;
         anyhow::anyhow!(reason)
+    }
+}
+
+/// Runs `work` (writing a build record) while sending the worker a
+/// heartbeat every `every`: a multi-GiB record takes longer to write than the
+/// worker waits for a silent server. Returns the work's output and whether
+/// the worker is still reachable. A failed send does not stop the work: the
+/// record is stored whether or not the worker is still there.
+async fn with_heartbeats<S, F>(
+    conn: &mut Connection<S>,
+    every: Duration,
+    work: F,
+) -> (F::Output, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: std::future::Future,
+{
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reachable = true;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return (output, reachable),
+            _ = ticks.tick(), if reachable => {
+                // Bounded, so a worker that stopped reading cannot hold up
+                // the end of the store.
+                let error = match tokio::time::timeout(every, conn.send(&ServerToWorker::Heartbeat)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no room to send for {every:?}"),
+                };
+                tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");
+                reachable = false;
+            }
+        }
     }
 }
 
@@ -538,4 +581,66 @@ async fn index_stored(
         .map_err(|e| shared.fatal(e))?;
     tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn pair() -> (
+        Connection<tokio::io::DuplexStream>,
+        Connection<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (
+            Connection::new(a, 1024, "worker".into()),
+            Connection::new(b, 1024, "server".into()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_store_keeps_the_worker_hearing_from_the_server() {
+        let (mut server, mut worker) = pair();
+        let store = async {
+            tokio::time::sleep(EVERY * 10 + EVERY / 2).await;
+            42
+        };
+        let (output, reachable) = with_heartbeats(&mut server, EVERY, store).await;
+        assert_eq!((output, reachable), (42, true));
+        drop(server);
+        let mut heartbeats = 0;
+        while let Some(msg) = worker.recv::<ServerToWorker>().await.unwrap() {
+            assert!(matches!(msg, ServerToWorker::Heartbeat), "{msg:?}");
+            heartbeats += 1;
+        }
+        // One per interval: never three intervals of silence.
+        assert_eq!(heartbeats, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_worker_does_not_stop_the_store() {
+        let (mut server, worker) = pair();
+        drop(worker);
+        let store = async {
+            tokio::time::sleep(EVERY * 3).await;
+            "stored"
+        };
+        let (output, reachable) = with_heartbeats(&mut server, EVERY, store).await;
+        assert_eq!((output, reachable), ("stored", false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_stops_reading_does_not_hold_up_the_store() {
+        // A tiny pipe the worker never reads: the first heartbeats fill it.
+        let (a, _unread) = tokio::io::duplex(16);
+        let mut server = Connection::new(a, 1024, "worker".into());
+        let store = async {
+            tokio::time::sleep(EVERY * 20).await;
+            "stored"
+        };
+        let (output, reachable) = with_heartbeats(&mut server, EVERY, store).await;
+        assert_eq!((output, reachable), ("stored", false));
+    }
 }
