@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::live::LiveBuilds;
+use crate::store::JobDirs;
 use crate::templates::Templates;
 use crate::Config;
 
@@ -27,6 +28,8 @@ pub struct Shared {
     pub workers: Workers,
     /// orb-build templates.
     pub templates: Templates,
+    /// Job directories known durable, for the record writer.
+    pub job_dirs: JobDirs,
     /// Woken when the schedule changes (the scheduler re-arms its timer).
     pub schedule_changed: Notify,
     /// Woken when a record joins the upload spool.
@@ -47,6 +50,7 @@ impl Shared {
             live: LiveBuilds::default(),
             workers: Workers::default(),
             templates,
+            job_dirs: JobDirs::default(),
             schedule_changed: Notify::new(),
             upload_wakeup: Notify::new(),
             shutdown,

@@ -7,9 +7,11 @@
 //! fsyncs it, renames it to `full` and fsyncs the directories; only then is
 //! the build indexed and acknowledged.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use protocol::record::{self, FileArtifact, RecordHead};
 use uuid::Uuid;
@@ -136,14 +138,66 @@ pub fn check_artifact_path(path: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// How many job directories [`JobDirs`] remembers before it starts afresh
+/// (which only costs one more fsync per job).
+const JOB_DIRS_REMEMBERED: usize = 100_000;
+
+/// Job directories (`DIR/<job>`) known to be durable in the state directory.
+///
+/// A build's record needs its own directory entry and its job directory's
+/// entry on disk. The job directory is new only for a job's first build, so
+/// the state directory is fsynced once per job and server process instead
+/// of once per build.
+#[derive(Default)]
+pub struct JobDirs {
+    durable: Mutex<HashSet<PathBuf>>,
+}
+
+impl JobDirs {
+    /// Creates `job_dir` if needed and makes its entry in its parent durable
+    /// (blocking).
+    fn ensure_durable(&self, job_dir: &Path) -> Result<(), StoreError> {
+        // Held across the fsync: a second build of the same job must not
+        // skip it while the first has not finished it.
+        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+        let created = match fs::create_dir(job_dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(job_dir).map_err(io_err(job_dir))?;
+                true
+            }
+            Err(e) => return Err(io_err(job_dir)(e)),
+        };
+        // (A job directory removed from outside and created again is
+        // synced again.)
+        if !created && durable.contains(job_dir) {
+            return Ok(());
+        }
+        if let Some(state_dir) = job_dir.parent() {
+            sync_dir(state_dir)?;
+        }
+        if durable.len() >= JOB_DIRS_REMEMBERED {
+            durable.clear();
+        }
+        durable.insert(job_dir.to_owned());
+        Ok(())
+    }
+}
+
 /// Writes the record durably to `build_dir/full` (blocking: call from a
 /// blocking thread) and removes the artifact spool. Returns the record's path.
 pub fn write_full(
+    job_dirs: &JobDirs,
     build_dir: &Path,
     head: &RecordHead,
     artifacts: &[FileArtifact],
     spool: Option<&Path>,
 ) -> Result<PathBuf, StoreError> {
+    let job_dir = build_dir
+        .parent()
+        .expect("a build directory is inside its job directory");
+    job_dirs.ensure_durable(job_dir)?;
     fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
     let partial = build_dir.join("full.partial");
     let full = build_dir.join("full");
@@ -156,14 +210,9 @@ pub fn write_full(
     file.sync_all().map_err(io_err(&partial))?;
     drop(file);
     fs::rename(&partial, &full).map_err(io_err(&full))?;
+    // `full` in the build directory, the build directory in the job's.
     sync_dir(build_dir)?;
-    // The job directory and the state directory may have just been created.
-    if let Some(job_dir) = build_dir.parent() {
-        sync_dir(job_dir)?;
-        if let Some(state_dir) = job_dir.parent() {
-            sync_dir(state_dir)?;
-        }
-    }
+    sync_dir(job_dir)?;
     if let Some(spool) = spool {
         remove_dir_logged(spool);
     }
@@ -213,6 +262,36 @@ mod tests {
         ] {
             assert!(check_artifact_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn records_are_written_whether_or_not_the_job_directory_exists() {
+        let state = tempfile::tempdir().unwrap();
+        let dirs = JobDirs::default();
+        let head = RecordHead {
+            job: record::ScriptJob::new(b"job", b"true", None),
+            uuid: [7; 16],
+            console: Vec::new(),
+            started: chrono::DateTime::UNIX_EPOCH,
+            finished: chrono::DateTime::UNIX_EPOCH,
+            time_forms: record::TimeForms::default(),
+            result: record::ExecResult::Exited(0),
+        };
+        let write = |uuid: Uuid| {
+            let build = build_dir(state.path(), "job", uuid);
+            let full = write_full(&dirs, &build, &head, &[], None).unwrap();
+            assert_eq!(full, build.join("full"));
+            assert!(full.is_file());
+        };
+        write(Uuid::new_v4());
+        write(Uuid::new_v4());
+        assert_eq!(fs::read_dir(state.path().join("job")).unwrap().count(), 2);
+        // Removed from outside: created (and synced) again.
+        fs::remove_dir_all(state.path().join("job")).unwrap();
+        write(Uuid::new_v4());
+        // A state directory that is not there yet.
+        fs::remove_dir_all(state.path()).unwrap();
+        write(Uuid::new_v4());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! back to the front of its queue (or is recorded as aborted after
 //! [`db::MAX_LOST`] lost workers in a row).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,11 +142,19 @@ impl Session<'_> {
                 let _ = self.conn.send(&ServerToWorker::Failure { reason }).await;
                 return Ok(None);
             }
-            let claimed = self
-                .shared
-                .db
-                .claim(self.platform, &self.name, Timestamp::now())
-                .map_err(|e| self.shared.fatal(e))?;
+            let claimed = {
+                let shared = Arc::clone(self.shared);
+                let (platform, name) = (self.platform.to_owned(), self.name.clone());
+                // A commit: off the async threads.
+                tokio::task::spawn_blocking(move || {
+                    shared
+                        .db
+                        .claim(&platform, &name, Timestamp::now())
+                        .map_err(|e| shared.fatal(e))
+                })
+                .await
+                .context("job claim panicked")??
+            };
             if claimed.is_some() {
                 return Ok(claimed);
             }
@@ -471,26 +480,34 @@ async fn store_result(
         result: ExecResult::from(&outcome),
     };
     let build_dir = store::build_dir(&shared.config.dir, &job.job, running.uuid);
-    let path = tokio::task::spawn_blocking(move || {
-        store::write_full(&build_dir, &head, &artifacts, spool_dir.as_deref())
+    let mut result = NewResult {
+        uuid: running.uuid,
+        job: job.job.clone(),
+        platform: job.platform.clone(),
+        started,
+        finished,
+        outcome,
+        path: PathBuf::new(),
+    };
+    // Both block on fsync: off the async threads, in one trip.
+    let blocking = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        result.path = store::write_full(
+            &blocking.job_dirs,
+            &build_dir,
+            &head,
+            &artifacts,
+            spool_dir.as_deref(),
+        )?;
+        let upload = blocking.config.upload.is_some();
+        blocking
+            .db
+            .finish(&result, upload)
+            .map_err(|e| blocking.fatal(e))?;
+        Ok(())
     })
     .await
     .context("record writer panicked")??;
-    shared
-        .db
-        .finish(
-            &NewResult {
-                uuid: running.uuid,
-                job: job.job.clone(),
-                platform: job.platform.clone(),
-                started,
-                finished,
-                outcome,
-                path,
-            },
-            shared.config.upload.is_some(),
-        )
-        .map_err(|e| shared.fatal(e))?;
     if shared.config.upload.is_some() {
         shared.upload_wakeup.notify_one();
     }
