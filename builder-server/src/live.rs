@@ -9,7 +9,9 @@
 //! limit (`--max-console-bytes`): the first half of the limit is kept from
 //! the start of the console and the second half from its end; lines in
 //! between are dropped and the record says how many, in a line where they
-//! were. Build logs fail at their end, so the end is what is kept.
+//! were. Build logs fail at their end, so the end is what is kept. When the
+//! build is over, the console moves into its record (it is not copied):
+//! observers that come while the record is written wait for it and replay it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,8 +60,35 @@ struct State {
     /// Lines dropped between head and tail, and their bytes.
     dropped: (u64, u64),
     limit: usize,
+    /// The console was moved out to be written into the record.
+    taken: bool,
     end: Option<(Timestamp, JobOutcome)>,
     tx: broadcast::Sender<LiveEvent>,
+}
+
+impl State {
+    /// Keeps one more line: in the head while it has room, else in the
+    /// tail, dropping the tail's oldest lines beyond half the limit.
+    fn keep(&mut self, line: OutputLine) {
+        self.total += 1;
+        let half = self.limit / 2;
+        let cost = line.data.len() + LINE_OVERHEAD;
+        if self.tail.is_empty() && self.head_bytes + cost <= half {
+            self.head_bytes += cost;
+            self.head.push(line);
+            return;
+        }
+        self.tail_bytes += cost;
+        self.tail.push_back(line);
+        while self.tail_bytes > half {
+            let Some(old) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= old.data.len() + LINE_OVERHEAD;
+            self.dropped.0 += 1;
+            self.dropped.1 += old.data.len() as u64;
+        }
+    }
 }
 
 /// One build being run.
@@ -77,6 +106,9 @@ pub struct Subscription {
     pub backlog: u64,
     /// The end, if the build is already over.
     pub end: Option<(Timestamp, JobOutcome)>,
+    /// The console is being written into the record: there is no backlog
+    /// to replay; the record holds it once `events` says the build is over.
+    pub taken: bool,
     /// Later lines and the end.
     pub events: broadcast::Receiver<LiveEvent>,
 }
@@ -96,6 +128,7 @@ impl LiveBuild {
                 total: 0,
                 dropped: (0, 0),
                 limit,
+                taken: false,
                 end: None,
                 tx,
             }),
@@ -122,30 +155,20 @@ impl LiveBuild {
             return;
         }
         let mut state = self.lock();
-        let state = &mut *state;
+        // (Subscribing takes the lock too: no observer comes in between.)
+        if state.tx.receiver_count() == 0 {
+            // Nobody is watching: the lines move in, nothing is copied.
+            for line in lines {
+                state.keep(line);
+            }
+            return;
+        }
         let first = state.total;
         let shared: Arc<[OutputLine]> = lines.into();
-        let half = state.limit / 2;
         for line in shared.iter() {
-            state.total += 1;
-            let cost = line.data.len() + LINE_OVERHEAD;
-            if state.tail.is_empty() && state.head_bytes + cost <= half {
-                state.head_bytes += cost;
-                state.head.push(line.clone());
-                continue;
-            }
-            state.tail_bytes += cost;
-            state.tail.push_back(line.clone());
-            while state.tail_bytes > half {
-                let Some(old) = state.tail.pop_front() else {
-                    break;
-                };
-                state.tail_bytes -= old.data.len() + LINE_OVERHEAD;
-                state.dropped.0 += 1;
-                state.dropped.1 += old.data.len() as u64;
-            }
+            state.keep(line.clone());
         }
-        // No receivers is fine: nobody is watching.
+        // Observers that left meanwhile are fine to miss it.
         let _ = state.tx.send(LiveEvent::Lines {
             first,
             lines: shared,
@@ -166,6 +189,7 @@ impl LiveBuild {
             header: state.header.clone(),
             backlog: state.head.len() as u64,
             end: state.end.clone(),
+            taken: state.taken,
             events: state.tx.subscribe(),
         }
     }
@@ -179,14 +203,18 @@ impl LiveBuild {
         state.head[from..to].to_vec()
     }
 
-    /// The console as the record keeps it, oldest first: the start, a line
-    /// saying how much was dropped (if anything was), the end.
-    pub fn console(&self) -> Vec<OutputLine> {
-        let state = self.lock();
-        let mut console = Vec::with_capacity(state.head.len() + state.tail.len() + 1);
-        console.extend(state.head.iter().cloned());
+    /// Moves the console out for the record, oldest first: the start, a
+    /// line saying how much was dropped (if anything was), the end. Later
+    /// calls, and observers that subscribe from now on, get no lines.
+    pub fn take_console(&self) -> Vec<OutputLine> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.taken = true;
+        let mut console = std::mem::take(&mut state.head);
+        state.head_bytes = 0;
+        console.reserve_exact(state.tail.len() + 1);
         if state.dropped.0 > 0 {
-            let (lines, bytes) = state.dropped;
+            let (lines, bytes) = std::mem::take(&mut state.dropped);
             let delta_ns = state.tail.front().map_or(0, |l| l.delta_ns);
             console.push(OutputLine {
                 delta_ns,
@@ -197,8 +225,14 @@ impl LiveBuild {
                 .into_bytes(),
             });
         }
-        console.extend(state.tail.iter().cloned());
+        console.extend(state.tail.drain(..));
+        state.tail_bytes = 0;
         console
+    }
+
+    /// How many observers follow the build.
+    pub fn observers(&self) -> usize {
+        self.lock().tx.receiver_count()
     }
 
     /// How many lines so far.
@@ -313,7 +347,7 @@ mod tests {
             build.push(vec![big(i)]);
         }
         assert_eq!(build.line_count(), 20);
-        let console = build.console();
+        let console = build.take_console();
         let texts: Vec<String> = console
             .iter()
             .map(|l| String::from_utf8_lossy(&l.data).into_owned())
@@ -333,9 +367,23 @@ mod tests {
             (15..20).map(|i| format!("{i:052}")).collect::<Vec<_>>()
         );
 
-        // A late observer replays the start and learns of the gap.
+        // The console moved out: nothing is left to copy or replay.
         let sub = build.subscribe();
-        assert_eq!(sub.backlog, 5);
-        assert_eq!(build.lines(0, 100).len(), 5);
+        assert!(sub.taken);
+        assert_eq!(sub.backlog, 0);
+        assert!(build.take_console().is_empty());
+    }
+
+    #[test]
+    fn a_late_observer_replays_the_start_and_learns_of_the_gap() {
+        let build = LiveBuild::new(header(), 2 * (1 + LINE_OVERHEAD) * 3);
+        for i in 0..10 {
+            build.push(vec![line(i)]);
+        }
+        let sub = build.subscribe();
+        assert!(!sub.taken);
+        assert_eq!(sub.backlog, 3);
+        assert_eq!(build.lines(0, 100), vec![line(0), line(1), line(2)]);
+        assert_eq!(build.line_count(), 10);
     }
 }

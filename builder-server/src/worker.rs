@@ -286,7 +286,7 @@ impl Session<'_> {
                 return Ok(false);
             }
         };
-        let console = live.console();
+        let console = live.take_console();
         let storing = store_result(
             self.shared,
             &running,
@@ -425,7 +425,7 @@ async fn build_lost(
         LostFate::GiveUp(r) => {
             tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
-            let console = live.console();
+            let console = live.take_console();
             store_result(
                 shared,
                 &r,
@@ -446,13 +446,13 @@ async fn build_lost(
 }
 
 /// Writes the build record and indexes it.
-async fn store_result(
+pub(crate) async fn store_result(
     shared: &Arc<Shared>,
     running: &Running,
     started: Timestamp,
     finished: Timestamp,
     outcome: JobOutcome,
-    console: Vec<protocol::message::OutputLine>,
+    mut console: Vec<protocol::message::OutputLine>,
     (spool_dir, artifacts): (
         Option<std::path::PathBuf>,
         Vec<protocol::record::FileArtifact>,
@@ -466,14 +466,18 @@ async fn store_result(
             Some(job.platform.as_bytes().to_vec()),
         ),
         uuid: *running.uuid.as_bytes(),
-        console: console
-            .into_iter()
-            .rev()
-            .map(|l| ConsoleLine {
-                delta_ns: l.delta_ns,
-                data: l.data,
-            })
-            .collect(),
+        console: {
+            // The record keeps the newest line first. Reversed in place and
+            // mapped in place: the console is not copied.
+            console.reverse();
+            console
+                .into_iter()
+                .map(|l| ConsoleLine {
+                    delta_ns: l.delta_ns,
+                    data: l.data,
+                })
+                .collect()
+        },
         started: started.to_datetime(),
         finished: finished.to_datetime(),
         time_forms: TimeForms::default(),

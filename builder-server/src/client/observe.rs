@@ -14,7 +14,7 @@ use protocol::record;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::live::{LiveBuild, LiveEvent};
+use crate::live::{LiveBuild, LiveEvent, Subscription};
 use crate::state::Shared;
 
 /// Lines per console message when replaying.
@@ -30,7 +30,7 @@ pub async fn observe(
         return follow(shared, conn, &live).await;
     }
     match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
-        Some(path) => replay(conn, uuid, path).await,
+        Some(path) => replay(conn, uuid, path, 0, true).await,
         None => {
             conn.send(&ServerToClient::Failure {
                 reason: format!("no build {uuid}"),
@@ -75,13 +75,24 @@ async fn follow(
     live: &LiveBuild,
 ) -> anyhow::Result<()> {
     let mut sub = live.subscribe();
-    conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
-        .await?;
     let mut next = 0u64;
-    while next < sub.backlog {
-        let lines = live.lines(next, (next + BATCH).min(sub.backlog));
-        next += lines.len() as u64;
-        conn.send(&ServerToClient::Console(lines)).await?;
+    let mut started = false;
+    if !sub.taken {
+        conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
+            .await?;
+        started = true;
+        while next < sub.backlog {
+            let lines = live.lines(next, (next + BATCH).min(sub.backlog));
+            if lines.is_empty() {
+                // The build ended and its console moved into the record.
+                break;
+            }
+            next += lines.len() as u64;
+            conn.send(&ServerToClient::Console(lines)).await?;
+        }
+    }
+    if next < sub.backlog || sub.taken {
+        return from_record(shared, conn, &mut sub, next, started).await;
     }
     if let Some((finished, outcome)) = sub.end {
         conn.send(&ServerToClient::ObserveEnd { finished, outcome })
@@ -129,7 +140,56 @@ async fn follow(
     }
 }
 
-async fn replay(conn: &mut Connection, uuid: Uuid, path: PathBuf) -> anyhow::Result<()> {
+/// The build is over and its console is being written into its record:
+/// waits for the end, then replays the record from line `from` on (the
+/// lines before were sent from memory).
+async fn from_record(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    sub: &mut Subscription,
+    from: u64,
+    started: bool,
+) -> anyhow::Result<()> {
+    let uuid = sub.header.uuid;
+    let (finished, outcome) = match sub.end.clone() {
+        Some(end) => end,
+        None => loop {
+            let event = tokio::select! {
+                event = sub.events.recv() => event,
+                _ = shared.shutdown.cancelled() => return Ok(()),
+            };
+            match event {
+                Ok(LiveEvent::End { finished, outcome }) => break (finished, outcome),
+                Ok(LiveEvent::Lines { .. }) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => anyhow::bail!("build {uuid} vanished"),
+            }
+        },
+    };
+    match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
+        Some(path) => replay(conn, uuid, path, from, !started).await,
+        // Not stored (the disk refused it; the build was requeued): the
+        // end says so.
+        None => {
+            if !started {
+                conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
+                    .await?;
+            }
+            conn.send(&ServerToClient::ObserveEnd { finished, outcome })
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Streams a stored build from its record: the header (unless `header` is
+/// false: it was sent already), console lines from index `from` on, the end.
+async fn replay(
+    conn: &mut Connection,
+    uuid: Uuid,
+    path: PathBuf,
+    from: u64,
+    header: bool,
+) -> anyhow::Result<()> {
     let shown = path.clone();
     let head = tokio::task::spawn_blocking(move || -> anyhow::Result<record::RecordHead> {
         let file = std::fs::File::open(&path)?;
@@ -155,17 +215,21 @@ async fn replay(conn: &mut Connection, uuid: Uuid, path: PathBuf) -> anyhow::Res
             anyhow::bail!(reason);
         }
     };
-    conn.send(&ServerToClient::ObserveStart(BuildHeader {
-        uuid,
-        job: record::lossy(&head.job.name).into_owned(),
-        platform: record::lossy(head.job.platform_or_default()).into_owned(),
-        started: Timestamp::from_datetime(head.started),
-    }))
-    .await?;
+    if header {
+        conn.send(&ServerToClient::ObserveStart(BuildHeader {
+            uuid,
+            job: record::lossy(&head.job.name).into_owned(),
+            platform: record::lossy(head.job.platform_or_default()).into_owned(),
+            started: Timestamp::from_datetime(head.started),
+        }))
+        .await?;
+    }
+    // The record keeps the newest line first.
     let lines: Vec<OutputLine> = head
         .console
         .into_iter()
         .rev()
+        .skip(usize::try_from(from).unwrap_or(usize::MAX))
         .map(|l| OutputLine {
             delta_ns: l.delta_ns,
             data: l.data,
@@ -180,4 +244,149 @@ async fn replay(conn: &mut Connection, uuid: Uuid, path: PathBuf) -> anyhow::Res
     })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, QueuedJob, Running};
+    use crate::Config;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    fn line(i: usize) -> OutputLine {
+        OutputLine {
+            delta_ns: i as i64,
+            data: format!("line {i}").into_bytes(),
+        }
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        shared: Arc<Shared>,
+        running: Running,
+        live: Arc<LiveBuild>,
+    }
+
+    fn setup(lines: usize) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let config = Config::new(dir.path().to_owned());
+        let shared = Arc::new(Shared::new(config, db, CancellationToken::new()));
+        let running = Running {
+            uuid: Uuid::new_v4(),
+            job: QueuedJob {
+                job: "job".into(),
+                platform: "p".into(),
+                script: "true".into(),
+                timeout_secs: 60,
+                lost: 0,
+            },
+            assigned: Timestamp(1_000_000_000),
+            worker: "w".into(),
+        };
+        let live = LiveBuild::new(
+            BuildHeader {
+                uuid: running.uuid,
+                job: "job".into(),
+                platform: "p".into(),
+                started: running.assigned,
+            },
+            usize::MAX,
+        );
+        live.push((0..lines).map(line).collect());
+        shared.live.insert(running.uuid, live.clone());
+        Setup {
+            _dir: dir,
+            shared,
+            running,
+            live,
+        }
+    }
+
+    /// Starts an observer of the build on a real connection; returns the
+    /// client's end.
+    async fn observer(setup: &Setup) -> Connection {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = setup.shared.clone();
+        let uuid = setup.running.uuid;
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Connection::from_tcp(stream, 1 << 20).unwrap();
+            observe(&shared, &mut conn, uuid).await.unwrap();
+        });
+        Connection::from_tcp(TcpStream::connect(addr).await.unwrap(), 1 << 20).unwrap()
+    }
+
+    /// Everything the observer was sent: the console and the outcome.
+    async fn received(conn: &mut Connection) -> (Vec<OutputLine>, JobOutcome) {
+        let first = conn.recv::<ServerToClient>().await.unwrap().unwrap();
+        assert!(
+            matches!(first, ServerToClient::ObserveStart(_)),
+            "{first:?}"
+        );
+        let mut console = Vec::new();
+        loop {
+            match conn.recv::<ServerToClient>().await.unwrap().unwrap() {
+                ServerToClient::Console(lines) => console.extend(lines),
+                ServerToClient::ObserveEnd { outcome, .. } => return (console, outcome),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_observer_arriving_while_the_record_is_written_gets_it_all() {
+        let setup = setup(3000);
+        // The worker is done: the console moves into the record.
+        let console = setup.live.take_console();
+        let mut client = observer(&setup).await;
+        let end = Timestamp(2_000_000_000);
+        crate::worker::store_result(
+            &setup.shared,
+            &setup.running,
+            setup.running.assigned,
+            end,
+            JobOutcome::Exited(3),
+            console,
+            (None, Vec::new()),
+        )
+        .await
+        .unwrap();
+        setup.live.finish(end, JobOutcome::Exited(3));
+        let (console, outcome) = received(&mut client).await;
+        assert_eq!(console, (0..3000).map(line).collect::<Vec<_>>());
+        assert_eq!(outcome, JobOutcome::Exited(3));
+    }
+
+    #[tokio::test]
+    async fn an_observer_of_a_build_that_could_not_be_stored_gets_its_end() {
+        let setup = setup(10);
+        drop(setup.live.take_console());
+        let mut client = observer(&setup).await;
+        let outcome = JobOutcome::Aborted("worker lost (disk full); requeued".into());
+        setup.live.finish(Timestamp(5), outcome.clone());
+        assert_eq!(received(&mut client).await, (Vec::new(), outcome));
+    }
+
+    #[tokio::test]
+    async fn an_observer_of_a_running_build_gets_the_backlog_then_live_lines() {
+        let setup = setup(2500);
+        let mut client = observer(&setup).await;
+        // Poll until the observer has subscribed, then add live lines.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while setup.live.observers() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "observer never subscribed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        setup.live.push((2500..2600).map(line).collect());
+        setup.live.finish(Timestamp(5), JobOutcome::Exited(0));
+        let (console, outcome) = received(&mut client).await;
+        assert_eq!(console, (0..2600).map(line).collect::<Vec<_>>());
+        assert_eq!(outcome, JobOutcome::Exited(0));
+    }
 }
