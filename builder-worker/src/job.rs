@@ -8,8 +8,9 @@
 //! closes when the job directory has been removed.
 //!
 //! How the script is started: the script's own path is executed, so its `#!`
-//! line picks the interpreter; when the kernel refuses it with `ENOEXEC` (no
-//! `#!`), it is run as `/bin/sh script.sh`, as a shell would. The process is
+//! line picks the interpreter; a script without `#!` (which the kernel would
+//! refuse with `ENOEXEC`) is run as `/bin/sh script.sh`, as a shell would,
+//! and so is one the kernel refuses anyway. The process is
 //! not wrapped in a shell, so a signal death is reported as such rather than
 //! as an exit status of 128 + n.
 //!
@@ -219,7 +220,7 @@ async fn run_in(
             return (JobOutcome::Aborted(reason), Timestamp::now());
         }
     };
-    let child = match spawn(&script, dir, writer) {
+    let child = match spawn(&script, job.script.starts_with("#!"), dir, writer) {
         Ok(child) => child,
         Err(e) => {
             let reason = format!("cannot start {}: {e}", script.display());
@@ -274,13 +275,19 @@ fn write_script(path: &Path, script: &str) -> io::Result<()> {
 }
 
 /// Starts the script in its own process group with stdout and stderr on
-/// `writer`, falling back to `/bin/sh script` when it has no `#!` line.
-fn spawn(script: &Path, dir: &Path, writer: OwnedFd) -> io::Result<Child> {
+/// `writer`: executed itself when it has a `#!` line, else (or when the
+/// kernel refuses it) with `/bin/sh script`. Deciding up front saves a
+/// failed `exec` for every script without `#!`.
+fn spawn(script: &Path, shebang: bool, dir: &Path, writer: OwnedFd) -> io::Result<Child> {
+    let with_sh = || {
+        debug!(script = %script.display(), "no #! line, running it with /bin/sh");
+        command("/bin/sh".as_ref(), Some(script), dir, &writer)?.spawn()
+    };
+    if !shebang {
+        return with_sh();
+    }
     match command(script.as_os_str(), None, dir, &writer)?.spawn() {
-        Err(e) if e.raw_os_error() == Some(Errno::ENOEXEC as i32) => {
-            debug!(script = %script.display(), "no #! line, running it with /bin/sh");
-            command("/bin/sh".as_ref(), Some(script), dir, &writer)?.spawn()
-        }
+        Err(e) if e.raw_os_error() == Some(Errno::ENOEXEC as i32) => with_sh(),
         other => other,
     }
     // `writer` and the commands (holding the child's copies) are dropped
