@@ -1,0 +1,321 @@
+//! A build farm for one scenario: a real `builder-server` on 127.0.0.1
+//! with port 0 and its workers, all in one temporary directory that is
+//! removed (after the processes are stopped) when the [`Farm`] is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
+use protocol::message::{
+    ClientRequest, Hello, HelloReply, JobKind, JobSpec, ResultSummary, Role, ServerToClient,
+    PROTOCOL_VERSION,
+};
+use protocol::trigger::Trigger;
+
+use crate::procs::{Binaries, Deadline, Proc};
+use crate::scenarios::Common;
+
+/// Server log filter: the lines the scenarios time phases with.
+const SERVER_LOG: &str = "warn,builder_server=info";
+/// Worker log filter.
+const WORKER_LOG: &str = "warn,builder_worker=info";
+
+/// Server log line: a worker said hello.
+pub const WORKER_CONNECTED: &str = "worker connected";
+/// Server log line: a build was handed to a worker.
+pub const BUILD_STARTED: &str = "build started";
+/// Server log line: a build's record is durable and indexed.
+pub const BUILD_FINISHED: &str = "build finished";
+/// Server log line: builder-web accepted a record.
+pub const RECORD_DELIVERED: &str = "record delivered";
+/// Worker log line: the server handed it a job.
+pub const JOB_RECEIVED: &str = "job received";
+/// Worker log line: the server acknowledged the stored record.
+pub const RESULT_STORED: &str = "result stored by the server";
+/// Worker log line: the job's script was started.
+pub const JOB_STARTED: &str = "job started";
+/// Worker log line: the script ended and every artifact was sent.
+pub const JOB_FINISHED: &str = "job finished";
+
+/// One server, its workers and their directories.
+///
+/// Fields drop in order: workers, then the server, then the directories.
+pub struct Farm {
+    /// Workers started with [`Farm::worker`].
+    pub workers: Vec<Proc>,
+    /// The server.
+    pub server: Proc,
+    /// Its `host:port`.
+    pub addr: String,
+    bins: Binaries,
+    /// The workers' `TMPDIR` when it is not in `root`.
+    worker_root: Option<tempfile::TempDir>,
+    root: tempfile::TempDir,
+}
+
+impl Farm {
+    /// Creates a temporary directory under `common.tmpdir` and starts a
+    /// server on it with `extra` arguments (and the user's
+    /// `--server-arg`s); waits until it listens.
+    pub async fn start(common: &Common, extra: &[String], deadline: &Deadline) -> Result<Farm> {
+        let tmp = &common.tmpdir;
+        let bins = Binaries::locate()?;
+        let root = tempfile::Builder::new()
+            .prefix("builder-bench-")
+            .tempdir_in(tmp)
+            .with_context(|| format!("cannot create a directory in {}", tmp.display()))?;
+        for sub in ["state", "worker-tmp", "marks", "scripts"] {
+            std::fs::create_dir(root.path().join(sub))?;
+        }
+        let worker_root = match &common.worker_tmpdir {
+            None => None,
+            Some(dir) => Some(
+                tempfile::Builder::new()
+                    .prefix("builder-bench-workers-")
+                    .tempdir_in(dir)
+                    .with_context(|| format!("cannot create a directory in {}", dir.display()))?,
+            ),
+        };
+        let state = root.path().join("state");
+        let mut cmd = Command::new(bins.path("builder-server"));
+        cmd.args(["--ip", "127.0.0.1", "--port", "0", "--dir"])
+            .arg(&state)
+            .arg("--config-dir")
+            .arg(state.join("etc"))
+            .args(extra)
+            .args(&common.server_args)
+            .env("RUST_LOG", SERVER_LOG);
+        let mut server = Proc::spawn("builder-server", cmd)?;
+        let line = server
+            .wait_log("the server to listen", deadline, 1, |l| {
+                l.contains("address=")
+            })
+            .await?;
+        let addr = line
+            .text
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(|| anyhow!("no address in the server's line {:?}", line.text))?
+            .to_owned();
+        Ok(Farm {
+            workers: Vec::new(),
+            server,
+            addr,
+            bins,
+            worker_root,
+            root,
+        })
+    }
+
+    /// The server's state directory (`--dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// Where the benchmark's jobs leave time stamps (`date +%s%N > FILE`).
+    pub fn marks_dir(&self) -> PathBuf {
+        self.root.path().join("marks")
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Starts a worker for `platform` (`--loop` if `looping`), with `TMPDIR`
+    /// in the farm's directory (or under `--worker-tmpdir`). Returns its
+    /// index in [`Farm::workers`].
+    pub fn worker(&mut self, platform: &str, looping: bool) -> Result<usize> {
+        let tmp = match &self.worker_root {
+            Some(dir) => dir.path().to_owned(),
+            None => self.root.path().join("worker-tmp"),
+        };
+        let mut cmd = Command::new(self.bins.path("builder-worker"));
+        cmd.arg(platform)
+            .args(["-r", &self.addr])
+            .env("TMPDIR", tmp)
+            .env("RUST_LOG", WORKER_LOG);
+        if looping {
+            cmd.arg("--loop");
+        }
+        let name = format!("builder-worker #{}", self.workers.len() + 1);
+        self.workers.push(Proc::spawn(&name, cmd)?);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Schedules a script job with `builder-client schedule ... --period
+    /// never` (which queues it at once); returns how long the client took.
+    pub fn schedule_with_client(
+        &self,
+        name: &str,
+        platform: &str,
+        script: &str,
+    ) -> Result<Duration> {
+        let file = self.root.path().join("scripts").join(name);
+        std::fs::write(&file, script)?;
+        let start = Instant::now();
+        let out = Command::new(self.bins.path("builder-client"))
+            .args(["-r", &self.addr, "schedule", name, platform])
+            .arg(&file)
+            .args(["--period", "never"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("cannot run builder-client")?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "builder-client schedule {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(took)
+    }
+
+    /// A client connection to the server, after a successful hello.
+    pub async fn connect(&self) -> Result<Client> {
+        let mut conn = Connection::connect(&self.addr, DEFAULT_MAX_FRAME)
+            .await
+            .with_context(|| format!("cannot connect to the server at {}", self.addr))?;
+        conn.send(&Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            token: None,
+            software: concat!("builder-bench ", env!("CARGO_PKG_VERSION")).into(),
+        })
+        .await?;
+        match conn.recv::<HelloReply>().await? {
+            Some(HelloReply::Welcome(_)) => Ok(Client { conn }),
+            Some(HelloReply::Refused { reason }) => bail!("the server refused us: {reason}"),
+            None => bail!("the server closed the connection after our hello"),
+        }
+    }
+
+    /// Paths of every stored `full` record of `job`.
+    pub fn records(&self, job: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir().join(job)) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| Some(e.ok()?.path().join("full")))
+            .filter(|p| p.is_file())
+            .collect()
+    }
+}
+
+/// A client connection speaking the protocol directly.
+pub struct Client {
+    conn: Connection,
+}
+
+impl Client {
+    async fn request(&mut self, req: &ClientRequest) -> Result<ServerToClient> {
+        self.conn.send(req).await?;
+        self.conn
+            .recv::<ServerToClient>()
+            .await?
+            .context("the server closed the connection")
+    }
+
+    /// Schedules a script job that runs once (trigger `never`, queued now).
+    pub async fn schedule(&mut self, name: &str, platform: &str, script: &str) -> Result<()> {
+        let req = ClientRequest::Schedule {
+            job: JobSpec {
+                name: name.to_owned(),
+                kind: JobKind::Script {
+                    platform: platform.to_owned(),
+                    script: script.to_owned(),
+                },
+            },
+            trigger: Trigger::Never,
+            timeout_secs: None,
+        };
+        match self.request(&req).await? {
+            ServerToClient::Success { .. } => Ok(()),
+            ServerToClient::Failure { reason } => bail!("scheduling {name} failed: {reason}"),
+            other => bail!("unexpected answer to schedule: {other:?}"),
+        }
+    }
+
+    /// The newest `limit` finished builds.
+    pub async fn results(&mut self, limit: u32) -> Result<Vec<ResultSummary>> {
+        match self
+            .request(&ClientRequest::Results { job: None, limit })
+            .await?
+        {
+            ServerToClient::Results(results) => Ok(results),
+            ServerToClient::Failure { reason } => bail!("results failed: {reason}"),
+            other => bail!("unexpected answer to results: {other:?}"),
+        }
+    }
+}
+
+/// Reads a time stamp a job wrote with `date +%s%N > FILE`.
+pub fn read_mark(path: &Path) -> Result<SystemTime> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("the job did not write its time stamp {}", path.display()))?;
+    let ns: u64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a `date +%s%N` time: {text:?}", path.display()))?;
+    Ok(UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
+/// `path` quoted for `/bin/sh`.
+pub fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Seconds from `a` to `b` (negative if `b` is earlier).
+pub fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Bytes free for an unprivileged user in the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    Ok(st.blocks_available() * st.fragment_size())
+}
+
+/// Median latency of writing 4 KiB and fsyncing it, `rounds` times, in
+/// `dir`: what every durable commit of the server pays at least once.
+pub fn fsync_latency(dir: &Path, rounds: usize) -> Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        file.write_all(&[0u8; 4096])?;
+        file.sync_all()?;
+        times.push(start.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_and_quotes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("m");
+        std::fs::write(&mark, "1700000000123456789\n").unwrap();
+        let t = read_mark(&mark).unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_nanos(1_700_000_000_123_456_789)
+        );
+        assert_eq!(sh_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+}

@@ -1,0 +1,302 @@
+//! One job prints a lot of console in 100-byte lines: job → worker →
+//! server → `full` record. Measures console throughput and peak memory.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{ensure, Context, Result};
+use protocol::record::{read_record_with_limit, ExecResult};
+
+use super::{Common, PLATFORM};
+use crate::farm::{
+    read_mark, secs_between, sh_quote, Farm, BUILD_FINISHED, BUILD_STARTED, JOB_FINISHED,
+    JOB_STARTED, WORKER_CONNECTED,
+};
+use crate::procs::Deadline;
+use crate::report::{kib, percent, rate, secs, Report, MIB};
+
+const JOB: &str = "bench-console";
+
+/// Each console line: 99 characters and a newline.
+const LINE: &str =
+    "012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678";
+const LINE_BYTES: u64 = LINE.len() as u64 + 1;
+
+/// Runs the scenario with `mib` MiB of console.
+pub async fn run(common: &Common, mib: u64) -> Result<Report> {
+    ensure!(mib > 0, "--mib must be at least 1");
+    let bytes = mib.checked_mul(MIB).context("--mib is too large")?;
+    let deadline = Deadline::new(common.deadline);
+
+    let mut farm = Farm::start(common, &[], &deadline).await?;
+    let w = farm.worker(PLATFORM, false)?;
+    farm.server
+        .wait_log("the worker to connect", &deadline, 1, |l| {
+            l.contains(WORKER_CONNECTED)
+        })
+        .await?;
+    let server_base = farm.server.usage();
+    let worker_base = farm.workers[w].usage();
+
+    let (start_mark, end_mark) = (farm.marks_dir().join("start"), farm.marks_dir().join("end"));
+    let script = format!(
+        "#!/bin/sh\ndate +%s%N > {}\nyes '{LINE}' | head -c {bytes}\ndate +%s%N > {}\n",
+        sh_quote(&start_mark),
+        sh_quote(&end_mark)
+    );
+    let t0 = SystemTime::now();
+    let client_took = farm.schedule_with_client(JOB, PLATFORM, &script)?;
+
+    let dispatched = farm
+        .server
+        .wait_log("the build to start", &deadline, 1, |l| {
+            l.contains(BUILD_STARTED)
+        })
+        .await?
+        .at;
+    let script_started = farm.workers[w]
+        .wait_log("the script to start", &deadline, 1, |l| {
+            l.contains(JOB_STARTED)
+        })
+        .await?
+        .at;
+    let worker_done = farm.workers[w]
+        .wait_log("the worker to finish the job", &deadline, 1, |l| {
+            l.contains(JOB_FINISHED)
+        })
+        .await?
+        .at;
+    let stored = farm
+        .server
+        .wait_log("the record to be stored", &deadline, 1, |l| {
+            l.contains(BUILD_FINISHED)
+        })
+        .await?
+        .at;
+    let exit = farm.workers[w].wait_exit(&deadline).await?;
+    // A worker failing after the record was stored is a finding to report
+    // with the figures, not a reason to throw them away.
+    let worker_exit = farm.workers[w].describe_exit(exit);
+    let server = farm.server.usage();
+    let worker = farm.workers[w].usage();
+    let printing_started = read_mark(&start_mark)?;
+    let printed = read_mark(&end_mark)?;
+
+    let records = farm.records(JOB);
+    ensure!(
+        records.len() == 1,
+        "expected one record, found {}",
+        records.len()
+    );
+    let record_len = std::fs::metadata(&records[0])?.len();
+    let verify_start = std::time::Instant::now();
+    let kept = verify(&records[0], bytes)?;
+    let verify_took = verify_start.elapsed();
+
+    let mut r = Report::new(format!(
+        "console: one job prints {mib} MiB of console in {LINE_BYTES}-byte lines; \
+         one one-shot worker"
+    ));
+    let total = secs_between(script_started, stored);
+    r.row(
+        "script started → record stored",
+        format!("{}  ({})", secs(total), rate(bytes, total)),
+    );
+    r.row("  builder-client schedule", secs(client_took.as_secs_f64()));
+    r.row(
+        "  schedule → build started",
+        secs(secs_between(t0, dispatched)),
+    );
+    r.row(
+        "  build started → script started",
+        secs(secs_between(dispatched, script_started)),
+    );
+    let (server_proc, worker_proc) = (&farm.server, &farm.workers[w]);
+    // A phase's duration and the CPU server and worker used in it.
+    let phase = |from: SystemTime, to: SystemTime, with_rate: bool| {
+        let took = secs_between(from, to);
+        let rate = if with_rate {
+            format!("{}; ", rate(bytes, took))
+        } else {
+            String::new()
+        };
+        format!(
+            "{}  ({rate}CPU: server {:.2} s, worker {:.2} s)",
+            secs(took),
+            server_proc.cpu_secs_between(from, to),
+            worker_proc.cpu_secs_between(from, to),
+        )
+    };
+    r.row(
+        "  script prints (paced by readers)",
+        phase(printing_started, printed, true),
+    );
+    r.row(
+        "  script ends → worker done",
+        phase(printed, worker_done, false),
+    );
+    r.row(
+        "  worker done → record stored",
+        phase(worker_done, stored, false),
+    );
+    let (printed_lines, _) = expected(bytes);
+    r.row(
+        "console lines",
+        if kept.dropped.0 == 0 {
+            format!("{printed_lines} printed ({bytes} bytes with newlines), all in the record")
+        } else {
+            format!(
+                "{printed_lines} printed ({bytes} bytes with newlines); the record keeps {} \
+                 from the start and the end, the server dropped {} ({} bytes) from the middle \
+                 (its --max-console-bytes)",
+                kept.lines, kept.dropped.0, kept.dropped.1
+            )
+        },
+    );
+    r.row("record size", format!("{record_len} bytes"));
+    for (name, base, peak) in [
+        ("server", server_base, server),
+        ("worker", worker_base, worker),
+    ] {
+        r.row(
+            format!("{name} peak RSS (VmHWM)"),
+            format!(
+                "{}  = {} of the console  (idle before: {})",
+                kib(peak.hwm_kib),
+                percent(peak.hwm_kib as f64, (bytes / 1024) as f64),
+                kib(base.rss_kib)
+            ),
+        );
+    }
+    r.row(
+        "CPU",
+        format!(
+            "server {:.2} s, worker {:.2} s, job {:.2} s",
+            server.cpu_secs() - server_base.cpu_secs(),
+            worker.cpu_secs() - worker_base.cpu_secs(),
+            worker.children_cpu_secs()
+        ),
+    );
+    r.row("worker exit", worker_exit);
+    r.row(
+        "check",
+        format!(
+            "record decodes, exit 0, every line printed is in it or counted as dropped \
+             ({} to read it back)",
+            secs(verify_took.as_secs_f64())
+        ),
+    );
+    Ok(r)
+}
+
+/// Lines and data bytes `yes LINE | head -c bytes` prints.
+fn expected(bytes: u64) -> (u64, u64) {
+    let full = bytes / LINE_BYTES;
+    let rest = bytes % LINE_BYTES;
+    (full + u64::from(rest > 0), full * (LINE_BYTES - 1) + rest)
+}
+
+/// What the record kept of the console.
+struct Kept {
+    /// Console lines in the record (without the server's note).
+    lines: u64,
+    /// Lines the server dropped from the middle to stay within its
+    /// `--max-console-bytes`, and their bytes (from its note in the record).
+    dropped: (u64, u64),
+}
+
+/// Reads the record back: exit 0, and every line printed is either in the
+/// record, in order, or counted in the server's note of dropped lines.
+fn verify(record: &Path, bytes: u64) -> Result<Kept> {
+    let file = std::fs::File::open(record)?;
+    let head = read_record_with_limit(file, u64::MAX, |_, _, _| Ok(()))
+        .with_context(|| format!("{} does not decode", record.display()))?;
+    ensure!(
+        head.result == ExecResult::Exited(0),
+        "the job did not succeed: {}",
+        head.result
+    );
+    let mut notes = head
+        .console
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| Some((i, dropped_note(&l.data)?)));
+    let note = notes.next();
+    ensure!(
+        notes.next().is_none(),
+        "the record has several dropped-lines notes"
+    );
+    let dropped = note.map_or((0, 0), |(_, d)| d);
+    let kept = head.console.len() as u64 - u64::from(note.is_some());
+    let kept_data: u64 = head
+        .console
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| note.map(|(n, _)| n) != Some(*i))
+        .map(|(_, l)| l.data.len() as u64)
+        .sum();
+    let (lines, data) = expected(bytes);
+    ensure!(
+        kept + dropped.0 == lines && kept_data + dropped.1 == data,
+        "the record holds {kept} console lines ({kept_data} bytes) and says {} ({} bytes) \
+         were dropped; the job printed {lines} ({data} bytes)",
+        dropped.0,
+        dropped.1
+    );
+    // Newest first: the last line printed comes first.
+    let last_len = (bytes - 1) % LINE_BYTES + 1;
+    let last = &LINE.as_bytes()[..(last_len.min(LINE_BYTES - 1)) as usize];
+    let line_ok = |(i, l): (usize, &protocol::record::ConsoleLine)| {
+        note.map(|(n, _)| n) == Some(i)
+            || if i == 0 {
+                l.data == last
+            } else {
+                l.data == LINE.as_bytes()
+            }
+    };
+    ensure!(
+        head.console.iter().enumerate().all(line_ok),
+        "the record's console lines are not the lines printed"
+    );
+    Ok(Kept {
+        lines: kept,
+        dropped,
+    })
+}
+
+/// The lines and bytes a server's note says it dropped: `[builder: 12
+/// console lines (1188 bytes) dropped here: ...]`.
+fn dropped_note(data: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(data).ok()?.strip_prefix("[builder: ")?;
+    let mut words = text.split_whitespace();
+    let lines = words.next()?.parse().ok()?;
+    (words.next()? == "console" && words.next()? == "lines").then_some(())?;
+    let bytes = words.next()?.strip_prefix('(')?.parse().ok()?;
+    (words.next()? == "bytes)" && words.next()? == "dropped").then_some(())?;
+    Some((lines, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_lines() {
+        assert_eq!(LINE_BYTES, 100);
+        assert_eq!(expected(100), (1, 99));
+        assert_eq!(expected(250), (3, 99 + 99 + 50));
+        assert_eq!(expected(MIB), (10486, 10485 * 99 + 76));
+    }
+
+    #[test]
+    fn dropped_notes_are_read() {
+        let note = b"[builder: 1826092 console lines (180783045 bytes) dropped here: \
+                     the console exceeded the server's limit of 268435456 bytes]";
+        assert_eq!(dropped_note(note), Some((1_826_092, 180_783_045)));
+        assert_eq!(dropped_note(LINE.as_bytes()), None);
+        assert_eq!(
+            dropped_note(b"[builder: x console lines (1 bytes) dropped"),
+            None
+        );
+    }
+}
