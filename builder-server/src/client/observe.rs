@@ -183,6 +183,10 @@ async fn from_record(
 
 /// Streams a stored build from its record: the header (unless `header` is
 /// false: it was sent already), console lines from index `from` on, the end.
+///
+/// The record keeps the newest line first. Its console is located first
+/// (one offset per [`BATCH`] lines), then read back a batch at a time from
+/// the oldest: memory stays small whatever the console's size.
 async fn replay(
     conn: &mut Connection,
     uuid: Uuid,
@@ -190,30 +194,17 @@ async fn replay(
     from: u64,
     header: bool,
 ) -> anyhow::Result<()> {
-    let shown = path.clone();
-    let head = tokio::task::spawn_blocking(move || -> anyhow::Result<record::RecordHead> {
+    let shown = path.display().to_string();
+    let indexed = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = std::fs::File::open(&path)?;
-        // Artifacts are not needed: the reader skips what the callback leaves.
-        Ok(record::read_record(
-            std::io::BufReader::new(file),
-            |_, _, _| Ok(()),
-        )?)
+        let (head, index) = record::index_record(&file, BATCH)?;
+        Ok((file, head, index))
     })
     .await
     .context("record reader panicked")?;
-    let head = match head {
-        Ok(head) => head,
-        Err(e) => {
-            let reason = format!(
-                "cannot read the record of {uuid} ({}): {e:#}",
-                shown.display()
-            );
-            conn.send(&ServerToClient::Failure {
-                reason: reason.clone(),
-            })
-            .await?;
-            anyhow::bail!(reason);
-        }
+    let (mut file, head, index) = match indexed {
+        Ok(indexed) => indexed,
+        Err(e) => return unreadable(conn, uuid, &shown, e).await,
     };
     if header {
         conn.send(&ServerToClient::ObserveStart(BuildHeader {
@@ -224,19 +215,39 @@ async fn replay(
         }))
         .await?;
     }
-    // The record keeps the newest line first.
-    let lines: Vec<OutputLine> = head
-        .console
-        .into_iter()
-        .rev()
-        .skip(usize::try_from(from).unwrap_or(usize::MAX))
-        .map(|l| OutputLine {
-            delta_ns: l.delta_ns,
-            data: l.data,
+    for k in (0..index.checkpoints.len()).rev() {
+        let (offset, count) = index.piece(k).expect("a checkpoint's piece");
+        // This piece's lines, counted from the oldest.
+        let first = index.lines - k as u64 * index.every - count;
+        if first + count <= from {
+            continue;
+        }
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::Start(offset))?;
+            let lines = record::read_console_lines(&file, offset, count)?;
+            Ok((file, lines))
         })
-        .collect();
-    for batch in lines.chunks(BATCH as usize) {
-        conn.feed(&ServerToClient::Console(batch.to_vec())).await?;
+        .await
+        .context("record reader panicked")?;
+        let lines = match read {
+            Ok((back, lines)) => {
+                file = back;
+                lines
+            }
+            Err(e) => return unreadable(conn, uuid, &shown, e).await,
+        };
+        let skip = usize::try_from(from.saturating_sub(first)).unwrap_or(usize::MAX);
+        let batch: Vec<OutputLine> = lines
+            .into_iter()
+            .rev()
+            .skip(skip)
+            .map(|l| OutputLine {
+                delta_ns: l.delta_ns,
+                data: l.data,
+            })
+            .collect();
+        conn.send(&ServerToClient::Console(batch)).await?;
     }
     conn.send(&ServerToClient::ObserveEnd {
         finished: Timestamp::from_datetime(head.finished),
@@ -244,6 +255,21 @@ async fn replay(
     })
     .await?;
     Ok(())
+}
+
+/// Tells the observer the record cannot be read, and fails.
+async fn unreadable(
+    conn: &mut Connection,
+    uuid: Uuid,
+    path: &str,
+    error: anyhow::Error,
+) -> anyhow::Result<()> {
+    let reason = format!("cannot read the record of {uuid} ({path}): {error:#}");
+    conn.send(&ServerToClient::Failure {
+        reason: reason.clone(),
+    })
+    .await?;
+    anyhow::bail!(reason)
 }
 
 #[cfg(test)]
@@ -358,6 +384,62 @@ mod tests {
         let (console, outcome) = received(&mut client).await;
         assert_eq!(console, (0..3000).map(line).collect::<Vec<_>>());
         assert_eq!(outcome, JobOutcome::Exited(3));
+    }
+
+    #[tokio::test]
+    async fn a_record_is_replayed_oldest_first_from_any_line() {
+        // 2.5 pieces of BATCH lines: the pieces are read from the last.
+        let lines = BATCH as usize * 2 + BATCH as usize / 2;
+        let setup = setup(lines);
+        let end = Timestamp(2_000_000_000);
+        crate::worker::store_result(
+            &setup.shared,
+            &setup.running,
+            setup.running.assigned,
+            end,
+            JobOutcome::Exited(0),
+            setup.live.take_console(),
+            (None, Vec::new()),
+        )
+        .await
+        .unwrap();
+        let path = setup
+            .shared
+            .db
+            .result_path(setup.running.uuid)
+            .unwrap()
+            .unwrap();
+        for from in [
+            0,
+            1,
+            BATCH / 2,
+            BATCH / 2 + 1,
+            BATCH * 2,
+            lines as u64 - 1,
+            lines as u64,
+            lines as u64 + 5,
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (uuid, path) = (setup.running.uuid, path.clone());
+            let server = tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let mut conn = Connection::from_tcp(stream, 1 << 20).unwrap();
+                replay(&mut conn, uuid, path, from, true).await.unwrap();
+            });
+            let mut client =
+                Connection::from_tcp(TcpStream::connect(addr).await.unwrap(), 1 << 20).unwrap();
+            let (console, outcome) = received(&mut client).await;
+            server.await.unwrap();
+            let want: Vec<OutputLine> = (from as usize..lines).map(line).collect();
+            assert!(
+                console == want,
+                "from {from}: {} lines instead of {}",
+                console.len(),
+                want.len()
+            );
+            assert_eq!(outcome, JobOutcome::Exited(0));
+        }
     }
 
     #[tokio::test]

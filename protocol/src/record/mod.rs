@@ -54,7 +54,10 @@ use crate::message::JobOutcome;
 use crate::signal::Signal;
 
 pub use der::{INT_MAX, INT_MIN};
-pub use read::{read_record, read_record_with_limit, DEFAULT_HEAD_LIMIT};
+pub use read::{
+    index_record, read_console_lines, read_record, read_record_with_limit, ConsoleIndex,
+    DEFAULT_HEAD_LIMIT,
+};
 pub use write::{record_len, write_record, FileArtifact};
 
 /// The platform the reference reports for a record whose job has none.
@@ -563,6 +566,49 @@ mod tests {
         assert_eq!(back.encode(), bytes);
         assert_eq!(back.result.signal(), Some(Signal::Kill));
         assert_eq!(back.result.to_string(), "killed by SIGKILL");
+    }
+
+    #[test]
+    fn an_indexed_console_reads_back_in_pieces_exactly() {
+        let mut exec = sample();
+        exec.console = (0..10)
+            .map(|i| ConsoleLine {
+                delta_ns: i,
+                data: format!("line {i}").repeat(i as usize).into_bytes(),
+            })
+            .collect();
+        let bytes = exec.encode();
+        let whole = read_record(&bytes[..], |_, _, _| Ok(())).unwrap();
+        for every in [1, 3, 10, 64] {
+            let (head, index) = index_record(&bytes[..], every).unwrap();
+            assert!(head.console.is_empty());
+            assert_eq!(
+                RecordHead {
+                    console: whole.console.clone(),
+                    ..head
+                },
+                whole
+            );
+            assert_eq!((index.every, index.lines), (every, 10));
+            let mut console = Vec::new();
+            for k in 0..index.checkpoints.len() {
+                let (offset, count) = index.piece(k).unwrap();
+                let rest = &bytes[offset as usize..];
+                console.extend(read_console_lines(rest, offset, count).unwrap());
+            }
+            assert_eq!(console, exec.console, "every {every}");
+            assert_eq!(index.piece(index.checkpoints.len()), None);
+        }
+        // Not at a line's start: an error naming the offset, not garbage.
+        let (_, index) = index_record(&bytes[..], 1).unwrap();
+        let wrong = index.checkpoints[1] + 1;
+        let err = read_console_lines(&bytes[wrong as usize..], wrong, 1).unwrap_err();
+        assert!(
+            matches!(err, RecordError::UnexpectedTag { offset, .. } if offset == wrong),
+            "{err}"
+        );
+        // The index is as strict as the reader.
+        assert!(index_record(&bytes[..bytes.len() - 1], 4).is_err());
     }
 
     #[test]

@@ -66,8 +66,88 @@ pub fn read_record_with_limit<R: Read>(
         input_len: None,
         budget: limit,
         limit,
+        index: None,
     };
     parser.record(&mut on_artifact)
+}
+
+/// Where a record's console lines are, without the lines: the offset of
+/// every [`ConsoleIndex::every`]-th line, so the console can be read back in
+/// pieces (with [`read_console_lines`]) in either order and bounded memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleIndex {
+    /// Lines per checkpoint.
+    pub every: u64,
+    /// Byte offsets in the record of lines `0, every, 2 * every, ...` in
+    /// record order (the newest line first).
+    pub checkpoints: Vec<u64>,
+    /// Lines in all.
+    pub lines: u64,
+}
+
+impl ConsoleIndex {
+    /// The piece starting at checkpoint `k`: its offset and how many lines
+    /// it holds (in record order: lines `k * every ..`).
+    pub fn piece(&self, k: usize) -> Option<(u64, u64)> {
+        let offset = *self.checkpoints.get(k)?;
+        let first = k as u64 * self.every;
+        Some((offset, self.every.min(self.lines - first)))
+    }
+}
+
+/// Reads a record as [`read_record`] does (as strictly, skipping artifact
+/// bodies), but locates its console instead of keeping it: the returned
+/// head's console is empty, and memory stays within one line plus 8 bytes
+/// per `every` lines.
+///
+/// # Errors
+///
+/// As [`read_record`].
+pub fn index_record<R: Read>(
+    input: R,
+    every: u64,
+) -> Result<(RecordHead, ConsoleIndex), RecordError> {
+    let mut parser = Parser {
+        input: BufReader::with_capacity(CHUNK as usize, input),
+        pos: 0,
+        input_len: None,
+        budget: DEFAULT_HEAD_LIMIT,
+        limit: DEFAULT_HEAD_LIMIT,
+        index: Some(ConsoleIndex {
+            every: every.max(1),
+            checkpoints: Vec::new(),
+            lines: 0,
+        }),
+    };
+    let head = parser.record(&mut |_, _, _| Ok(()))?;
+    let index = parser.index.take().expect("set above");
+    Ok((head, index))
+}
+
+/// Reads `count` console lines, in record order, from `input` positioned at
+/// `offset` in a record: a line's start, as found by [`index_record`].
+///
+/// # Errors
+///
+/// [`RecordError`] when the bytes there are not `count` console lines.
+pub fn read_console_lines<R: Read>(
+    input: R,
+    offset: u64,
+    count: u64,
+) -> Result<Vec<ConsoleLine>, RecordError> {
+    let mut parser = Parser {
+        input: BufReader::with_capacity(CHUNK as usize, input),
+        pos: offset,
+        input_len: None,
+        budget: DEFAULT_HEAD_LIMIT,
+        limit: DEFAULT_HEAD_LIMIT,
+        index: None,
+    };
+    let mut lines = Vec::with_capacity(usize::try_from(count.min(4096)).unwrap_or(0));
+    for _ in 0..count {
+        lines.push(parser.console_line(u64::MAX)?);
+    }
+    Ok(lines)
 }
 
 pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
@@ -77,6 +157,7 @@ pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
         input_len: Some(bytes.len() as u64),
         budget: u64::MAX,
         limit: u64::MAX,
+        index: None,
     };
     let mut output = Vec::new();
     let head = parser.record(&mut |path, len, body| {
@@ -105,6 +186,8 @@ struct Parser<R> {
     /// What may still be kept in memory.
     budget: u64,
     limit: u64,
+    /// Set by [`index_record`]: console lines are located, not kept.
+    index: Option<ConsoleIndex>,
 }
 
 impl<R: Read> Parser<R> {
@@ -188,15 +271,30 @@ impl<R: Read> Parser<R> {
         let (_, console_end) = self.element(der::SEQUENCE, "SEQUENCE OF (console)", end)?;
         let mut console = Vec::new();
         while self.pos < console_end {
-            let (at, line_end) =
-                self.element(der::SEQUENCE, "SEQUENCE (console line)", console_end)?;
-            self.charge(size_of::<ConsoleLine>() as u64, at, "the console")?;
-            let delta_ns = self.integer(line_end, "INTEGER (console delta)")?;
-            let data = self.string(line_end, "UTF8String (console line)")?.1;
-            self.finish(line_end, "a console line")?;
-            console.push(ConsoleLine { delta_ns, data });
+            let start = self.pos;
+            let line = self.console_line(console_end)?;
+            match self.index.as_mut() {
+                None => console.push(line),
+                Some(index) => {
+                    if index.lines % index.every == 0 {
+                        index.checkpoints.push(start);
+                    }
+                    index.lines += 1;
+                    // Located, not kept.
+                    self.budget += (size_of::<ConsoleLine>() + line.data.len()) as u64;
+                }
+            }
         }
         Ok(console)
+    }
+
+    fn console_line(&mut self, end: u64) -> Result<ConsoleLine, RecordError> {
+        let (at, line_end) = self.element(der::SEQUENCE, "SEQUENCE (console line)", end)?;
+        self.charge(size_of::<ConsoleLine>() as u64, at, "the console")?;
+        let delta_ns = self.integer(line_end, "INTEGER (console delta)")?;
+        let data = self.string(line_end, "UTF8String (console line)")?.1;
+        self.finish(line_end, "a console line")?;
+        Ok(ConsoleLine { delta_ns, data })
     }
 
     fn timestamps(
