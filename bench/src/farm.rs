@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::message::{
     ClientRequest, Hello, HelloReply, JobKind, JobSpec, ResultSummary, Role, ServerToClient,
@@ -14,8 +14,90 @@ use protocol::message::{
 };
 use protocol::trigger::Trigger;
 
-use crate::procs::{Binaries, Deadline, Proc};
-use crate::scenarios::Common;
+use crate::procs::{Binaries, Deadline, Proc, Usage};
+use crate::report::{kib, percent, secs, Report};
+use crate::scenarios::{Common, PLATFORM};
+
+/// One build run by one one-shot worker, as the server's and the worker's
+/// logs tell it; see [`Farm::one_build`].
+pub struct OneBuild {
+    /// The worker's index in [`Farm::workers`].
+    pub worker: usize,
+    /// Server and worker usage once the worker had connected.
+    pub server_base: Usage,
+    /// See `server_base`.
+    pub worker_base: Usage,
+    /// When the job was scheduled.
+    pub t0: SystemTime,
+    /// How long `builder-client schedule` took.
+    pub client_took: Duration,
+    /// The server handed the build to the worker.
+    pub dispatched: SystemTime,
+    /// The worker started the script.
+    pub script_started: SystemTime,
+    /// The worker sent the result and every artifact.
+    pub worker_done: SystemTime,
+    /// The server logged the record durable and indexed.
+    pub stored: SystemTime,
+    /// The worker's exit, in words.
+    pub worker_exit: String,
+    /// The build's record.
+    pub record: PathBuf,
+}
+
+impl OneBuild {
+    /// The rows from scheduling to the script's start.
+    pub fn start_rows(&self, r: &mut Report) {
+        r.row(
+            "  builder-client schedule",
+            secs(self.client_took.as_secs_f64()),
+        );
+        r.row(
+            "  schedule → build started",
+            secs(secs_between(self.t0, self.dispatched)),
+        );
+        r.row(
+            "  build started → script started",
+            secs(secs_between(self.dispatched, self.script_started)),
+        );
+    }
+
+    /// The rows on resources: peak memory of `server` and `worker` (read
+    /// at the end) against `size_kib` of `what`, CPU, the worker's exit.
+    pub fn resource_rows(
+        &self,
+        r: &mut Report,
+        server: Usage,
+        worker: Usage,
+        size_kib: u64,
+        what: &str,
+    ) {
+        for (name, base, peak) in [
+            ("server", self.server_base, server),
+            ("worker", self.worker_base, worker),
+        ] {
+            r.row(
+                format!("{name} peak RSS (VmHWM)"),
+                format!(
+                    "{}  = {} of {what}  (idle before: {})",
+                    kib(peak.hwm_kib),
+                    percent(peak.hwm_kib as f64, size_kib as f64),
+                    kib(base.rss_kib)
+                ),
+            );
+        }
+        r.row(
+            "CPU",
+            format!(
+                "server {:.2} s, worker {:.2} s, job {:.2} s",
+                server.cpu_secs() - self.server_base.cpu_secs(),
+                worker.cpu_secs() - self.worker_base.cpu_secs(),
+                worker.children_cpu_secs()
+            ),
+        );
+        r.row("worker exit", self.worker_exit.clone());
+    }
+}
 
 /// Server log filter: the lines the scenarios time phases with.
 const SERVER_LOG: &str = "warn,builder_server=info";
@@ -144,6 +226,77 @@ impl Farm {
         let name = format!("builder-worker #{}", self.workers.len() + 1);
         self.workers.push(Proc::spawn(&name, cmd)?);
         Ok(self.workers.len() - 1)
+    }
+
+    /// Starts a one-shot worker and, once it is connected, schedules
+    /// `script` as `job`; follows the build until the worker exits with the
+    /// record stored.
+    pub async fn one_build(
+        &mut self,
+        job: &str,
+        script: &str,
+        deadline: &Deadline,
+    ) -> Result<OneBuild> {
+        let w = self.worker(PLATFORM, false)?;
+        self.server
+            .wait_log("the worker to connect", deadline, 1, |l| {
+                l.contains(WORKER_CONNECTED)
+            })
+            .await?;
+        let server_base = self.server.usage();
+        let worker_base = self.workers[w].usage();
+        let t0 = SystemTime::now();
+        let client_took = self.schedule_with_client(job, PLATFORM, script)?;
+        let dispatched = self
+            .server
+            .wait_log("the build to start", deadline, 1, |l| {
+                l.contains(BUILD_STARTED)
+            })
+            .await?
+            .at;
+        let worker = &mut self.workers[w];
+        let script_started = worker
+            .wait_log("the script to start", deadline, 1, |l| {
+                l.contains(JOB_STARTED)
+            })
+            .await?
+            .at;
+        let worker_done = worker
+            .wait_log("the worker to finish the job", deadline, 1, |l| {
+                l.contains(JOB_FINISHED)
+            })
+            .await?
+            .at;
+        let stored = self
+            .server
+            .wait_log("the record to be stored", deadline, 1, |l| {
+                l.contains(BUILD_FINISHED)
+            })
+            .await?
+            .at;
+        let exit = self.workers[w].wait_exit(deadline).await?;
+        // A worker failing after the record was stored is a finding to
+        // report with the figures, not a reason to throw them away.
+        let worker_exit = self.workers[w].describe_exit(exit);
+        let records = self.records(job);
+        ensure!(
+            records.len() == 1,
+            "expected one record, found {}",
+            records.len()
+        );
+        Ok(OneBuild {
+            worker: w,
+            server_base,
+            worker_base,
+            t0,
+            client_took,
+            dispatched,
+            script_started,
+            worker_done,
+            stored,
+            worker_exit,
+            record: records.into_iter().next().expect("one record"),
+        })
     }
 
     /// Schedules a script job with `builder-client schedule ... --period

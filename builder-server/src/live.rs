@@ -230,7 +230,8 @@ impl LiveBuild {
         console
     }
 
-    /// How many observers follow the build.
+    /// How many observers follow the build (for tests).
+    #[cfg(test)]
     pub fn observers(&self) -> usize {
         self.lock().tx.receiver_count()
     }

@@ -8,13 +8,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, ensure, Context, Result};
 use protocol::record::{read_record, ExecResult};
 
-use super::{Common, PLATFORM};
-use crate::farm::{
-    free_bytes, read_mark, secs_between, sh_quote, Farm, BUILD_FINISHED, BUILD_STARTED,
-    JOB_FINISHED, JOB_STARTED, RECORD_DELIVERED, WORKER_CONNECTED,
-};
+use super::Common;
+use crate::farm::{free_bytes, read_mark, secs_between, sh_quote, Farm, RECORD_DELIVERED};
 use crate::procs::Deadline;
-use crate::report::{kib, percent, rate, secs, Report, MIB};
+use crate::report::{rate, secs, Report, MIB};
 use crate::sink::Sink;
 
 const JOB: &str = "bench-artifact";
@@ -44,49 +41,13 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
 
     let sink = Sink::start().await?;
     let mut farm = Farm::start(common, &["--upload".into(), sink.url()], &deadline).await?;
-    let w = farm.worker(PLATFORM, false)?;
-    farm.server
-        .wait_log("the worker to connect", &deadline, 1, |l| {
-            l.contains(WORKER_CONNECTED)
-        })
-        .await?;
-    let server_base = farm.server.usage();
-    let worker_base = farm.workers[w].usage();
-
     let written = farm.marks_dir().join("written");
     let script = format!(
         "#!/bin/sh\nset -e\nhead -c {bytes} /dev/zero > big.bin\ndate +%s%N > {}\n",
         sh_quote(&written)
     );
-    let t0 = SystemTime::now();
-    let client_took = farm.schedule_with_client(JOB, PLATFORM, &script)?;
-
-    let dispatched = farm
-        .server
-        .wait_log("the build to start", &deadline, 1, |l| {
-            l.contains(BUILD_STARTED)
-        })
-        .await?
-        .at;
-    let script_started = farm.workers[w]
-        .wait_log("the script to start", &deadline, 1, |l| {
-            l.contains(JOB_STARTED)
-        })
-        .await?
-        .at;
-    let sent = farm.workers[w]
-        .wait_log("the worker to send the artifact", &deadline, 1, |l| {
-            l.contains(JOB_FINISHED)
-        })
-        .await?
-        .at;
-    let stored = farm
-        .server
-        .wait_log("the record to be stored", &deadline, 1, |l| {
-            l.contains(BUILD_FINISHED)
-        })
-        .await?
-        .at;
+    let build = farm.one_build(JOB, &script, &deadline).await?;
+    let (t0, stored, sent) = (build.t0, build.stored, build.worker_done);
     let delivery = loop {
         if let Some(d) = sink.deliveries().into_iter().next() {
             break d;
@@ -99,23 +60,13 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
             l.contains(RECORD_DELIVERED)
         })
         .await?;
-    let exit = farm.workers[w].wait_exit(&deadline).await?;
-    // A worker failing after the record was stored is a finding to report
-    // with the figures, not a reason to throw them away.
-    let worker_exit = farm.workers[w].describe_exit(exit);
     let server = farm.server.usage();
-    let worker = farm.workers[w].usage();
+    let worker = farm.workers[build.worker].usage();
     let written_at = read_mark(&written)?;
 
-    let records = farm.records(JOB);
-    ensure!(
-        records.len() == 1,
-        "expected one record, found {}",
-        records.len()
-    );
-    let record_len = std::fs::metadata(&records[0])?.len();
+    let record_len = std::fs::metadata(&build.record)?.len();
     let verify_start = std::time::Instant::now();
-    verify(&records[0], bytes)?;
+    verify(&build.record, bytes)?;
     let verify_took = verify_start.elapsed();
 
     let artifact_kib = bytes / 1024;
@@ -135,17 +86,9 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
         "schedule → upload delivered",
         secs(secs_between(t0, delivery.done)),
     );
-    r.row("  builder-client schedule", secs(client_took.as_secs_f64()));
-    r.row(
-        "  schedule → build started",
-        secs(secs_between(t0, dispatched)),
-    );
-    r.row(
-        "  build started → script started",
-        secs(secs_between(dispatched, script_started)),
-    );
+    build.start_rows(&mut r);
     let server_proc = &farm.server;
-    let worker_proc = &farm.workers[w];
+    let worker_proc = &farm.workers[build.worker];
     // A phase's duration, rate and the CPU server and worker used in it.
     let phase = |from: SystemTime, to: SystemTime, len: u64, note: &str| {
         let took = secs_between(from, to);
@@ -160,7 +103,7 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
     r.row(
         "  script writes the file",
         phase(
-            script_started,
+            build.script_started,
             written_at,
             bytes,
             ", head -c from /dev/zero",
@@ -196,30 +139,7 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
             if delivery.authorized { "ok" } else { "MISSING" }
         ),
     );
-    for (name, base, peak) in [
-        ("server", server_base, server),
-        ("worker", worker_base, worker),
-    ] {
-        r.row(
-            format!("{name} peak RSS (VmHWM)"),
-            format!(
-                "{}  = {} of the artifact  (idle before: {})",
-                kib(peak.hwm_kib),
-                percent(peak.hwm_kib as f64, artifact_kib as f64),
-                kib(base.rss_kib)
-            ),
-        );
-    }
-    r.row(
-        "CPU",
-        format!(
-            "server {:.2} s, worker {:.2} s, job {:.2} s",
-            server.cpu_secs() - server_base.cpu_secs(),
-            worker.cpu_secs() - worker_base.cpu_secs(),
-            worker.children_cpu_secs()
-        ),
-    );
-    r.row("worker exit", worker_exit);
+    build.resource_rows(&mut r, server, worker, artifact_kib, "the artifact");
     r.row(
         "check",
         format!(

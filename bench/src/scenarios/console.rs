@@ -7,13 +7,10 @@ use std::time::SystemTime;
 use anyhow::{ensure, Context, Result};
 use protocol::record::{read_record_with_limit, ExecResult};
 
-use super::{Common, PLATFORM};
-use crate::farm::{
-    read_mark, secs_between, sh_quote, Farm, BUILD_FINISHED, BUILD_STARTED, JOB_FINISHED,
-    JOB_STARTED, WORKER_CONNECTED,
-};
+use super::Common;
+use crate::farm::{read_mark, secs_between, sh_quote, Farm};
 use crate::procs::Deadline;
-use crate::report::{kib, percent, rate, secs, Report, MIB};
+use crate::report::{rate, secs, Report, MIB};
 
 const JOB: &str = "bench-console";
 
@@ -29,68 +26,23 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
     let deadline = Deadline::new(common.deadline);
 
     let mut farm = Farm::start(common, &[], &deadline).await?;
-    let w = farm.worker(PLATFORM, false)?;
-    farm.server
-        .wait_log("the worker to connect", &deadline, 1, |l| {
-            l.contains(WORKER_CONNECTED)
-        })
-        .await?;
-    let server_base = farm.server.usage();
-    let worker_base = farm.workers[w].usage();
-
     let (start_mark, end_mark) = (farm.marks_dir().join("start"), farm.marks_dir().join("end"));
     let script = format!(
         "#!/bin/sh\ndate +%s%N > {}\nyes '{LINE}' | head -c {bytes}\ndate +%s%N > {}\n",
         sh_quote(&start_mark),
         sh_quote(&end_mark)
     );
-    let t0 = SystemTime::now();
-    let client_took = farm.schedule_with_client(JOB, PLATFORM, &script)?;
-
-    let dispatched = farm
-        .server
-        .wait_log("the build to start", &deadline, 1, |l| {
-            l.contains(BUILD_STARTED)
-        })
-        .await?
-        .at;
-    let script_started = farm.workers[w]
-        .wait_log("the script to start", &deadline, 1, |l| {
-            l.contains(JOB_STARTED)
-        })
-        .await?
-        .at;
-    let worker_done = farm.workers[w]
-        .wait_log("the worker to finish the job", &deadline, 1, |l| {
-            l.contains(JOB_FINISHED)
-        })
-        .await?
-        .at;
-    let stored = farm
-        .server
-        .wait_log("the record to be stored", &deadline, 1, |l| {
-            l.contains(BUILD_FINISHED)
-        })
-        .await?
-        .at;
-    let exit = farm.workers[w].wait_exit(&deadline).await?;
-    // A worker failing after the record was stored is a finding to report
-    // with the figures, not a reason to throw them away.
-    let worker_exit = farm.workers[w].describe_exit(exit);
+    let build = farm.one_build(JOB, &script, &deadline).await?;
+    let (script_started, worker_done, stored) =
+        (build.script_started, build.worker_done, build.stored);
     let server = farm.server.usage();
-    let worker = farm.workers[w].usage();
+    let worker = farm.workers[build.worker].usage();
     let printing_started = read_mark(&start_mark)?;
     let printed = read_mark(&end_mark)?;
 
-    let records = farm.records(JOB);
-    ensure!(
-        records.len() == 1,
-        "expected one record, found {}",
-        records.len()
-    );
-    let record_len = std::fs::metadata(&records[0])?.len();
+    let record_len = std::fs::metadata(&build.record)?.len();
     let verify_start = std::time::Instant::now();
-    let kept = verify(&records[0], bytes)?;
+    let kept = verify(&build.record, bytes)?;
     let verify_took = verify_start.elapsed();
 
     let mut r = Report::new(format!(
@@ -102,16 +54,8 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
         "script started → record stored",
         format!("{}  ({})", secs(total), rate(bytes, total)),
     );
-    r.row("  builder-client schedule", secs(client_took.as_secs_f64()));
-    r.row(
-        "  schedule → build started",
-        secs(secs_between(t0, dispatched)),
-    );
-    r.row(
-        "  build started → script started",
-        secs(secs_between(dispatched, script_started)),
-    );
-    let (server_proc, worker_proc) = (&farm.server, &farm.workers[w]);
+    build.start_rows(&mut r);
+    let (server_proc, worker_proc) = (&farm.server, &farm.workers[build.worker]);
     // A phase's duration and the CPU server and worker used in it.
     let phase = |from: SystemTime, to: SystemTime, with_rate: bool| {
         let took = secs_between(from, to);
@@ -154,30 +98,7 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
         },
     );
     r.row("record size", format!("{record_len} bytes"));
-    for (name, base, peak) in [
-        ("server", server_base, server),
-        ("worker", worker_base, worker),
-    ] {
-        r.row(
-            format!("{name} peak RSS (VmHWM)"),
-            format!(
-                "{}  = {} of the console  (idle before: {})",
-                kib(peak.hwm_kib),
-                percent(peak.hwm_kib as f64, (bytes / 1024) as f64),
-                kib(base.rss_kib)
-            ),
-        );
-    }
-    r.row(
-        "CPU",
-        format!(
-            "server {:.2} s, worker {:.2} s, job {:.2} s",
-            server.cpu_secs() - server_base.cpu_secs(),
-            worker.cpu_secs() - worker_base.cpu_secs(),
-            worker.children_cpu_secs()
-        ),
-    );
-    r.row("worker exit", worker_exit);
+    build.resource_rows(&mut r, server, worker, bytes / 1024, "the console");
     r.row(
         "check",
         format!(

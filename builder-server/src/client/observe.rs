@@ -330,19 +330,50 @@ mod tests {
         }
     }
 
+    /// Runs `serve` on the server's end of a real connection; returns the
+    /// client's end and the server's task.
+    async fn connected<F>(
+        serve: impl FnOnce(Connection) -> F + Send + 'static,
+    ) -> (Connection, tokio::task::JoinHandle<()>)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(Connection::from_tcp(stream, 1 << 20).unwrap()).await;
+        });
+        let client =
+            Connection::from_tcp(TcpStream::connect(addr).await.unwrap(), 1 << 20).unwrap();
+        (client, server)
+    }
+
     /// Starts an observer of the build on a real connection; returns the
     /// client's end.
     async fn observer(setup: &Setup) -> Connection {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shared = setup.shared.clone();
         let uuid = setup.running.uuid;
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut conn = Connection::from_tcp(stream, 1 << 20).unwrap();
+        let (client, _) = connected(move |mut conn| async move {
             observe(&shared, &mut conn, uuid).await.unwrap();
-        });
-        Connection::from_tcp(TcpStream::connect(addr).await.unwrap(), 1 << 20).unwrap()
+        })
+        .await;
+        client
+    }
+
+    /// Writes the build's record with `console` and indexes it.
+    async fn store(setup: &Setup, console: Vec<OutputLine>, end: Timestamp, outcome: JobOutcome) {
+        crate::worker::store_result(
+            &setup.shared,
+            &setup.running,
+            setup.running.assigned,
+            end,
+            outcome,
+            console,
+            (None, Vec::new()),
+        )
+        .await
+        .unwrap();
     }
 
     /// Everything the observer was sent: the console and the outcome.
@@ -369,17 +400,7 @@ mod tests {
         let console = setup.live.take_console();
         let mut client = observer(&setup).await;
         let end = Timestamp(2_000_000_000);
-        crate::worker::store_result(
-            &setup.shared,
-            &setup.running,
-            setup.running.assigned,
-            end,
-            JobOutcome::Exited(3),
-            console,
-            (None, Vec::new()),
-        )
-        .await
-        .unwrap();
+        store(&setup, console, end, JobOutcome::Exited(3)).await;
         setup.live.finish(end, JobOutcome::Exited(3));
         let (console, outcome) = received(&mut client).await;
         assert_eq!(console, (0..3000).map(line).collect::<Vec<_>>());
@@ -391,18 +412,14 @@ mod tests {
         // 2.5 pieces of BATCH lines: the pieces are read from the last.
         let lines = BATCH as usize * 2 + BATCH as usize / 2;
         let setup = setup(lines);
-        let end = Timestamp(2_000_000_000);
-        crate::worker::store_result(
-            &setup.shared,
-            &setup.running,
-            setup.running.assigned,
-            end,
+        let console = setup.live.take_console();
+        store(
+            &setup,
+            console,
+            Timestamp(2_000_000_000),
             JobOutcome::Exited(0),
-            setup.live.take_console(),
-            (None, Vec::new()),
         )
-        .await
-        .unwrap();
+        .await;
         let path = setup
             .shared
             .db
@@ -419,16 +436,11 @@ mod tests {
             lines as u64,
             lines as u64 + 5,
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
             let (uuid, path) = (setup.running.uuid, path.clone());
-            let server = tokio::spawn(async move {
-                let (stream, _) = listener.accept().await.unwrap();
-                let mut conn = Connection::from_tcp(stream, 1 << 20).unwrap();
+            let (mut client, server) = connected(move |mut conn| async move {
                 replay(&mut conn, uuid, path, from, true).await.unwrap();
-            });
-            let mut client =
-                Connection::from_tcp(TcpStream::connect(addr).await.unwrap(), 1 << 20).unwrap();
+            })
+            .await;
             let (console, outcome) = received(&mut client).await;
             server.await.unwrap();
             let want: Vec<OutputLine> = (from as usize..lines).map(line).collect();
