@@ -10,7 +10,7 @@
 //!
 //! Seed the corpus with the golden vectors:
 //!   mkdir -p corpus/record_decode
-//!   cp ../../shared/fixtures/{exec,e2e,quirks}/*exec*.der corpus/record_decode/
+//!   cp ../fixtures/{exec,e2e,quirks}/*exec*.der corpus/record_decode/
 
 #![no_main]
 

@@ -1,5 +1,5 @@
 //! The build record codec against the reference implementation's golden
-//! vectors in `shared/fixtures/` (see its README): every vector decodes to the
+//! vectors in `fixtures/` (see its README): every vector decodes to the
 //! reference's dump or is rejected like the reference rejects it, records
 //! re-encode to identical bytes, and the streaming writer and reader agree
 //! with `Exec::encode` and `Exec::decode`.
@@ -15,13 +15,13 @@ use protocol::record::{
 };
 use sha2::{Digest, Sha256};
 
-/// The fixtures folder, `shared/` beside the repository. Missing fixtures are
+/// The golden vectors, `fixtures/` at the top of the repository. Missing fixtures are
 /// a failure, never a skip.
 fn fixtures() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     assert!(
         dir.is_dir(),
-        "fixtures folder not found at {} (shared/ must sit beside the repository)",
+        "fixtures folder not found at {} (the repository's fixtures/)",
         dir.display()
     );
     dir

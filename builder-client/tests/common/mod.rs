@@ -122,9 +122,9 @@ pub fn inspect() -> Command {
     cmd
 }
 
-/// `shared/fixtures`; panics if missing.
+/// The repository's `fixtures/`; panics if missing.
 pub fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     assert!(
         dir.join("README.md").is_file(),
         "fixtures missing: expected them at {}",

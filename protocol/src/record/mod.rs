@@ -1,7 +1,7 @@
 //! The `exec` build record: one DER value per finished build, written to
 //! `DIR/<job>/<uuid>/full` and POSTed as the body of builder-web's `/upload`
 //! (SPEC section 4). It is byte-compatible with robur's OCaml builder, checked
-//! against its golden vectors in `shared/fixtures/`.
+//! against its golden vectors in `fixtures/`.
 //!
 //! # Why a small purpose-built DER codec
 //!
