@@ -19,6 +19,8 @@
 //! the grace period. Whenever the main process ends, whatever is left of its
 //! group is SIGKILLed at once, so background children neither outlive the job
 //! nor keep the console pipe open; the pipe is then drained to its end.
+//! If the worker itself dies, the job's [`Watchdog`] kills the group and
+//! removes the directory.
 
 use std::fs;
 use std::io::{self, Write};
@@ -45,6 +47,7 @@ use uuid::Uuid;
 use crate::artifacts::{self, ArtifactError, SCRIPT_NAME};
 use crate::console::{Batch, LineSplitter};
 use crate::signals;
+use crate::watchdog::{self, DirLock, Watchdog};
 
 /// How jobs are run; the same for every job of a worker.
 #[derive(Debug, Clone)]
@@ -95,10 +98,12 @@ pub async fn run(
             return;
         }
     };
-    debug!(%uuid, dir = %dir.display(), "job directory created");
-    let (outcome, finished) = run_in(&job, &dir, &settings, &mut out, abort).await;
+    debug!(%uuid, dir = %dir.path.display(), "job directory created");
+    let mut watchdog = None;
+    let (outcome, finished) =
+        run_in(&job, &dir.path, &settings, &mut out, abort, &mut watchdog).await;
     let outcome = if matches!(outcome, JobOutcome::Exited(_)) && !out.closed {
-        match artifacts::send_all(&dir, uuid, &out.tx).await {
+        match artifacts::send_all(&dir.path, uuid, &out.tx).await {
             Ok(()) => outcome,
             Err(ArtifactError::Closed) => {
                 out.closed = true;
@@ -115,6 +120,9 @@ pub async fn run(
     info!(%uuid, job = %job.name, %outcome, "job finished");
     out.finished(finished, outcome).await;
     remove_dir(dir).await;
+    if let Some(watchdog) = watchdog {
+        watchdog.release().await;
+    }
 }
 
 /// The session side of a job's channel, remembering whether it is gone.
@@ -148,61 +156,49 @@ impl Out {
     }
 }
 
-/// A fresh private (0700) directory under `tmpdir`.
-fn create_dir(tmpdir: &Path) -> io::Result<PathBuf> {
-    let dir = tempfile::Builder::new()
-        .prefix("builder-job-")
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(tmpdir)?;
-    // Removed explicitly (and loudly) by `remove_dir`.
-    Ok(dir.keep())
+/// A job's private directory, locked for as long as this worker has it.
+struct JobDir {
+    path: PathBuf,
+    _lock: DirLock,
 }
 
-/// Removes the job directory; directories a job made read-only (as Go's
-/// module cache does) are made writable first.
-async fn remove_dir(dir: PathBuf) {
-    let shown = dir.display().to_string();
-    let result = tokio::task::spawn_blocking(move || match fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(first) => {
-            make_dirs_writable(&dir);
-            fs::remove_dir_all(&dir).map_err(|_| first)
-        }
+/// A fresh private (0700) directory under `tmpdir`, locked against
+/// [`watchdog::remove_stale_dirs`] of other workers.
+fn create_dir(tmpdir: &Path) -> io::Result<JobDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(watchdog::JOB_DIR_PREFIX)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(tmpdir)?;
+    let lock = DirLock::take(dir.path())?;
+    // Removed explicitly (and loudly) by `remove_dir`.
+    Ok(JobDir {
+        path: dir.keep(),
+        _lock: lock,
     })
-    .await
-    .unwrap_or_else(|e| Err(io::Error::other(e)));
+}
+
+/// Removes the job directory, then lets its lock go.
+async fn remove_dir(dir: JobDir) {
+    let shown = dir.path.display().to_string();
+    let result = tokio::task::spawn_blocking(move || watchdog::remove_dir_all(&dir.path))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
     match result {
         Ok(()) => debug!(dir = %shown, "job directory removed"),
         Err(e) => error!(dir = %shown, "cannot remove the job directory: {e}"),
     }
 }
 
-fn make_dirs_writable(dir: &Path) {
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        // Not following symlinks: only real directories are touched.
-        match fs::symlink_metadata(&d) {
-            Ok(m) if m.is_dir() => {}
-            _ => continue,
-        }
-        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = fs::read_dir(&d) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    pending.push(entry.path());
-                }
-            }
-        }
-    }
-}
-
-/// Writes the script (mode 0500) and runs it; returns how it ended and when.
+/// Writes the script (mode 0500) and runs it under a [`Watchdog`] (left in
+/// `watchdog` for the caller to release once the directory is gone);
+/// returns how it ended and when.
 async fn run_in(
     job: &JobAssignment,
     dir: &Path,
     settings: &JobSettings,
     out: &mut Out,
     abort: watch::Receiver<Option<String>>,
+    watchdog: &mut Option<Watchdog>,
 ) -> (JobOutcome, Timestamp) {
     let script = dir.join(SCRIPT_NAME);
     if let Err(e) = write_script(&script, &job.script) {
@@ -241,6 +237,11 @@ async fn run_in(
             .unwrap_or(0),
     );
     info!(uuid = %job.uuid, job = %job.name, pid = pgid.as_raw(), "job started");
+    match Watchdog::start(pgid, dir) {
+        Ok(w) => *watchdog = Some(w),
+        // The job still runs; only a worker's death would leave it behind.
+        Err(e) => warn!(uuid = %job.uuid, "cannot start the job's watchdog: {e}"),
+    }
     let mut supervisor = Supervisor {
         uuid: job.uuid,
         child,
@@ -260,7 +261,12 @@ async fn run_in(
         }
     };
     let timeout_at = spawned.checked_add(Duration::from_secs(job.timeout_secs));
-    supervisor.supervise(console, timeout_at, abort, out).await
+    let ended = supervisor.supervise(console, timeout_at, abort, out).await;
+    // `supervise` SIGKILLed what was left of the group when its leader ended.
+    if let Some(w) = watchdog {
+        w.group_ended();
+    }
+    ended
 }
 
 fn write_script(path: &Path, script: &str) -> io::Result<()> {

@@ -9,6 +9,7 @@
 //! - [`console`]: splitting output into lines and lines into batches.
 //! - [`artifacts`]: finding and streaming the files a job left behind.
 //! - [`signals`]: host signals to wire signals.
+//! - [`watchdog`]: what is left of a job when its worker dies.
 //!
 //! By default a worker serves one job and exits (its sandbox is then
 //! recreated by the service manager); with `--loop` it keeps serving and
@@ -29,6 +30,7 @@ pub mod console;
 pub mod job;
 mod session;
 pub mod signals;
+pub mod watchdog;
 
 use session::{Ended, SessionError};
 
@@ -72,6 +74,13 @@ pub struct Config {
 /// The server refused the hello (in every mode); or, without `--loop`, the
 /// server is unreachable or the connection was lost.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let tmpdir = config.tmpdir.clone();
+    let removed = tokio::task::spawn_blocking(move || watchdog::remove_stale_dirs(&tmpdir))
+        .await
+        .unwrap_or(0);
+    if removed > 0 {
+        info!(count = removed, dir = %config.tmpdir.display(), "removed stale job directories of dead workers");
+    }
     let stop = CancellationToken::new();
     let work = serve(&config, &stop);
     tokio::pin!(work);

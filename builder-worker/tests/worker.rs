@@ -582,3 +582,54 @@ async fn loop_serves_jobs_and_reconnects() {
     let stderr = worker.stderr();
     assert!(stderr.contains("retrying in 1s"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_killed_worker_takes_its_job_group_and_directory_along() {
+    let env = Env::new();
+    let (listener, addr) = listen().await;
+    let worker = Worker::start(&env, addr, &[]);
+    let (mut conn, _) = accept_ready(&listener).await;
+    // A grandchild too: PR_SET_PDEATHSIG on the leader would miss it.
+    let job = job(
+        "#!/bin/sh\necho \"pid $$\"\nsh -c 'sleep 1000 & echo \"grandchild $!\"; wait' &\nwait\n",
+        3600,
+    );
+    let uuid = job.uuid;
+    conn.send(&ServerToWorker::Job(job)).await.unwrap();
+    let mut report = Report::new(uuid);
+    drive(&mut conn, &mut report, |r| r.value("grandchild").is_some()).await;
+    assert_eq!(env.leftovers().len(), 1, "the running job's directory");
+
+    kill(Pid::from_raw(worker.pid()), HostSignal::SIGKILL).unwrap();
+    wait_gone(&[pid_of(&report, "pid"), pid_of(&report, "grandchild")]).await;
+    wait_until("the job directory to be removed", || {
+        env.leftovers().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_starting_worker_removes_stale_job_directories_only() {
+    let env = Env::new();
+    let stale = env.jobs.join("builder-job-dead1234");
+    fs::create_dir_all(stale.join("sub")).unwrap();
+    fs::write(stale.join("sub/left"), "x").unwrap();
+    let unrelated = env.jobs.join("someone-else");
+    fs::create_dir(&unrelated).unwrap();
+    // A directory whose worker is alive holds its lock.
+    let held = env.jobs.join("builder-job-alive5678");
+    fs::create_dir(&held).unwrap();
+    let _lock = builder_worker::watchdog::DirLock::take(&held).unwrap();
+
+    let (listener, addr) = listen().await;
+    let mut worker = Worker::start(&env, addr, &[]);
+    let (mut conn, _) = accept_ready(&listener).await;
+    assert!(!stale.exists(), "stale directory still there");
+    assert!(held.is_dir() && unrelated.is_dir());
+    let report = serve_job(&mut conn, job("#!/bin/sh\necho hi\n", 60)).await;
+    assert_eq!(report.outcome(), &JobOutcome::Exited(0));
+    assert!(worker.exit().await.success());
+    let mut left = env.leftovers();
+    left.sort();
+    assert_eq!(left, ["builder-job-alive5678", "someone-else"]);
+}
