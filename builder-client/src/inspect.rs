@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::units::{count, human_size};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use protocol::record::{self, escape_bytes, lossy, ExecResult, RecordHead};
@@ -104,8 +105,8 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         Err(e) => {
             if let Some(x) = extractor.as_ref().filter(|x| x.written > 0) {
                 eprintln!(
-                    "note: {} artifacts were written to {} before the error",
-                    x.written,
+                    "note: {} written to {} before the error",
+                    count(x.written, "artifact"),
                     x.root.display()
                 );
             }
@@ -138,14 +139,15 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         let dir = x.root.display();
         if x.skipped > 0 {
             bail!(
-                "{} of {} artifacts were not written to {dir}",
+                "{} of {} not written to {dir}",
                 x.skipped,
-                artifacts.len()
+                count(artifacts.len(), "artifact")
             );
         }
         eprintln!(
-            "wrote {} artifacts ({} bytes) to {dir}",
-            x.written, x.written_bytes
+            "wrote {} ({}) to {dir}",
+            count(x.written, "artifact"),
+            human_size(x.written_bytes)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -202,23 +204,19 @@ fn write_all_parts(
     if !head.job.script.is_empty() && !head.job.script.ends_with(b"\n") {
         out.write_all(b"\n")?;
     }
-    let n = head.console.len();
-    writeln!(out, "console ({n} line{}):", if n == 1 { "" } else { "s" })?;
+    writeln!(out, "console ({}):", count(head.console.len(), "line"))?;
     write_console(out, head)?;
     let total: u64 = artifacts.iter().map(|a| a.len).sum();
-    let n = artifacts.len();
     writeln!(
         out,
-        "artifacts ({n} file{}, {total} bytes):",
-        if n == 1 { "" } else { "s" }
+        "artifacts ({}, {}):",
+        count(artifacts.len(), "file"),
+        human_size(total)
     )?;
-    let width = artifacts
-        .iter()
-        .map(|a| a.len.to_string().len())
-        .max()
-        .unwrap_or(1);
-    for a in artifacts {
-        writeln!(out, "  {:>width$}  {}", a.len, lossy(&a.path))?;
+    let sizes: Vec<String> = artifacts.iter().map(|a| human_size(a.len)).collect();
+    let width = sizes.iter().map(String::len).max().unwrap_or(1);
+    for (a, size) in artifacts.iter().zip(&sizes) {
+        writeln!(out, "  {size:>width$}  {}", lossy(&a.path))?;
     }
     Ok(())
 }
@@ -227,9 +225,9 @@ fn write_all_parts(
 /// outside it.
 struct Extractor {
     root: PathBuf,
-    written: u64,
+    written: usize,
     written_bytes: u64,
-    skipped: u64,
+    skipped: usize,
 }
 
 /// Why an artifact was not written.

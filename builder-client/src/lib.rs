@@ -15,6 +15,7 @@ pub mod cli;
 pub mod connect;
 pub mod inspect;
 pub mod output;
+pub mod units;
 
 use std::io::{self, Write};
 use std::path::Path;

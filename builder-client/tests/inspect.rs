@@ -82,7 +82,7 @@ echo \"killing the worker shell\"
     assert!(stdout.starts_with(expected_start), "{stdout}");
     assert!(
         stdout.ends_with(
-            "console (1 line):\n[   0.091s] killing the worker shell\nartifacts (0 files, 0 bytes):\n"
+            "console (1 line):\n[   0.091s] killing the worker shell\nartifacts (0 files, 0 B):\n"
         ),
         "{stdout}"
     );
@@ -224,6 +224,25 @@ fn output_writes_a_large_artifact_byte_identical() {
     assert!(std::fs::read(tmp.path().join("blob.bin")).unwrap() == expected);
     assert_eq!(files_under(tmp.path()), [PathBuf::from("blob.bin")]);
     assert_artifacts_match("exec/12-large.txt", tmp.path());
+    // One artifact, and its size as a person reads it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("wrote 1 artifact (195.3 KiB) to "),
+        "{stderr}"
+    );
+    let listing = inspect()
+        .arg(fixture("exec/12-large.der"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        stdout.ends_with(
+            "artifacts (1 file, 195.3 KiB):
+  195.3 KiB  blob.bin
+"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -300,7 +319,7 @@ fn output_does_not_follow_symlinks_or_overwrite() {
     assert!(stderr.contains("\"opam-switch\""), "{stderr}");
     assert!(stderr.contains("\"build-environment\""), "{stderr}");
     assert!(
-        stderr.contains("error: 3 of 6 artifacts were not written"),
+        stderr.contains("error: 3 of 6 artifacts not written"),
         "{stderr}"
     );
     assert_eq!(files_under(&outside), Vec::<PathBuf>::new());
