@@ -5,7 +5,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --locked
-bin="$PWD/target/release"
+# Where cargo put the binaries: CARGO_TARGET_DIR and build.target-dir count.
+target=$(cargo metadata --format-version 1 --no-deps --locked |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="${target:-$PWD/target}/release"
+[ -x "$bin/builder-server" ] || { echo "builder-server not found in $bin" >&2; exit 1; }
 demo=$(mktemp -d "${TMPDIR:-/tmp}/builder-demo.XXXXXX")
 server_pid=""
 cleanup() {
@@ -53,7 +57,7 @@ for _ in $(seq 1 200); do
 done
 wait "$worker_pid" || { echo "worker failed:"; cat "$demo/worker.log"; exit 1; }
 
-record=$(ls "$demo"/state/hello/*/full | head -n 1)
+record=$(find "$demo/state/hello" -name full -type f | head -n 1)
 echo "== stored record $record:"
 "$bin/builder-inspect" "$record" --output "$demo/artifacts"
 echo "== artifact written by builder-inspect:"
