@@ -600,7 +600,8 @@ pub(crate) async fn store_result(
                 if let Some(spool) = &spool_dir {
                     store::remove_spool(spool);
                 }
-                let reason = e.abort_reason("cannot store the build");
+                let reason =
+                    e.abort_reason(&format!("cannot store the build ({})", result.outcome));
                 tracing::error!(job = %result.job, uuid = %result.uuid, %reason, "build recorded as aborted");
                 result.outcome = JobOutcome::Aborted(reason);
                 head.result = ExecResult::from(&result.outcome);

@@ -474,3 +474,39 @@ fn a_lost_build_leaves_no_empty_folder_behind() {
     });
     assert!(!state.join("dropped").join(uuid.to_string()).exists());
 }
+
+#[test]
+fn start_up_does_not_depend_on_writing_a_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let db_path = builder_server::layout::db_path(&state);
+    std::fs::create_dir_all(db_path.parent().unwrap()).unwrap();
+    // A build that lost its worker twice and was running when the server
+    // stopped: the next start records it as aborted.
+    let db = builder_server::db::Db::open(&db_path).unwrap();
+    db.enqueue("linux", "poison", "true\n", 60, false).unwrap();
+    let now = protocol::message::Timestamp::now;
+    for _ in 0..2 {
+        let r = db.claim("linux", "w", now()).unwrap().unwrap();
+        db.worker_lost(r.uuid).unwrap();
+    }
+    let running = db.claim("linux", "w", now()).unwrap().unwrap();
+    drop(db);
+    // ...and its record cannot be written.
+    let _immutable = Immutable::new(&state.join("poison"));
+
+    let mut server = Server::start(&state, &[]);
+    let r = results(&server, "poison");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].uuid, running.uuid);
+    let reason = aborted_reason(&r[0]);
+    assert!(
+        reason.contains("cannot store the build (aborted: worker lost 3 times)"),
+        "{reason}"
+    );
+    assert!(server.info().running.is_empty());
+    // And again: nothing is left to trip over.
+    server.proc.kill();
+    let server = Server::start(&state, &[]);
+    assert_eq!(results(&server, "poison").len(), 1);
+}
