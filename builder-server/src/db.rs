@@ -9,7 +9,8 @@
 //!
 //! Times are stored as nanoseconds since the Unix epoch; UUIDs as 16-byte
 //! blobs; triggers as text (`hourly`, `daily`, `weekly`, `never`,
-//! `cron:EXPR`).
+//! `cron:EXPR`); a result's record path as text, `''` for a build that could
+//! not be stored (it is indexed, never uploaded).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -23,7 +24,8 @@ use protocol::trigger::Trigger;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
-/// A failure of the state database. Fatal for the server.
+/// A failure of the state database. Fatal for the server, except a full
+/// disk (see [`DbError::is_disk_full`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// SQLite failed.
@@ -53,6 +55,23 @@ pub enum DbError {
         /// What is wrong.
         what: String,
     },
+}
+
+impl DbError {
+    /// Whether SQLite failed for lack of space (`SQLITE_FULL`, which its
+    /// Unix layer also reports for `ENOSPC`). Such a change is refused to
+    /// whoever asked, and the database works again once space is freed:
+    /// SQLite rolls the transaction back, nothing is damaged. Every other
+    /// failure (a corrupt or unreadable database, a lost file) is fatal.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            DbError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DiskFull)
+            ),
+            DbError::TooNew { .. } | DbError::Corrupt { .. } => false,
+        }
+    }
 }
 
 /// Forward migrations; entry `i` moves schema version `i` to `i + 1`.
@@ -152,8 +171,9 @@ pub struct NewResult {
     pub finished: Timestamp,
     /// How.
     pub outcome: JobOutcome,
-    /// Where its `full` record is.
-    pub path: PathBuf,
+    /// Where its `full` record is; `None` when it could not be stored (the
+    /// result is indexed all the same, and never uploaded).
+    pub path: Option<PathBuf>,
 }
 
 /// A record waiting for delivery to builder-web.
@@ -706,10 +726,14 @@ impl Db {
     pub fn finish(&self, result: &NewResult, upload: bool) -> Result<(), DbError> {
         self.write(|tx| {
             let (kind, value, message) = outcome_columns(&result.outcome);
-            let path = result
-                .path
-                .to_str()
-                .ok_or_else(|| self.corrupt(format!("non-UTF-8 path {}", result.path.display())))?;
+            // The column is NOT NULL: an unstored build's path is ''.
+            let path = match &result.path {
+                Some(path) => path
+                    .to_str()
+                    .ok_or_else(|| self.corrupt(format!("non-UTF-8 path {}", path.display())))?,
+                None => "",
+            };
+            let upload = upload && result.path.is_some();
             tx.execute(
                 "INSERT OR REPLACE INTO results (uuid, job, platform, started, finished, outcome, outcome_value,
                      outcome_message, path, upload_state, upload_next)
@@ -738,42 +762,41 @@ impl Db {
     /// Recent builds, newest first.
     pub fn results(&self, job: Option<&str>, limit: u32) -> Result<Vec<ResultSummary>, DbError> {
         let raws = self.query_all(
-                "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
-                        upload_state, upload_attempts, upload_error, delivered_at
-                 FROM results WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, rowid DESC LIMIT ?2",
+            &format!(
+                "{RESULT_SELECT} WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, rowid DESC LIMIT ?2"
+            ),
             params![job, limit as i64],
-            |r| {
-                Ok(RawResult {
-                    uuid: r.get(0)?,
-                    job: r.get(1)?,
-                    platform: r.get(2)?,
-                    started: r.get(3)?,
-                    finished: r.get(4)?,
-                    outcome: r.get(5)?,
-                    value: r.get(6)?,
-                    message: r.get(7)?,
-                    upload_state: r.get(8)?,
-                    attempts: r.get(9)?,
-                    error: r.get(10)?,
-                    delivered_at: r.get(11)?,
-                })
-            },
+            raw_result,
         )?;
         raws.into_iter().map(|r| self.result_row(r)).collect()
     }
 
-    /// Where a finished build's record is, with its job and platform.
+    /// Where a finished build's record is; `None` if there is no such build
+    /// or it has no record (see [`Db::result`]).
     pub fn result_path(&self, uuid: Uuid) -> Result<Option<PathBuf>, DbError> {
         let conn = self.lock();
         let path: Option<String> = conn
             .query_row(
-                "SELECT path FROM results WHERE uuid = ?1",
+                "SELECT path FROM results WHERE uuid = ?1 AND path != ''",
                 [uuid.as_bytes()],
                 |r| r.get(0),
             )
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(path.map(PathBuf::from))
+    }
+
+    /// One finished build, whether or not it has a record.
+    pub fn result(&self, uuid: Uuid) -> Result<Option<ResultSummary>, DbError> {
+        let raws = self.query_all(
+            &format!("{RESULT_SELECT} WHERE uuid = ?1"),
+            [uuid.as_bytes()],
+            raw_result,
+        )?;
+        raws.into_iter()
+            .next()
+            .map(|r| self.result_row(r))
+            .transpose()
     }
 
     /// The newest finished build matching the filters: (uuid, started).
@@ -877,7 +900,7 @@ impl Db {
     pub fn spool_unconfigured(&self, now: Timestamp) -> Result<usize, DbError> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE results SET upload_state = 'pending', upload_next = ?1 WHERE upload_state = 'none'",
+                "UPDATE results SET upload_state = 'pending', upload_next = ?1 WHERE upload_state = 'none' AND path != ''",
                 [now.0],
             )
             .map_err(|e| self.err(e))
@@ -959,6 +982,28 @@ impl Db {
             upload,
         })
     }
+}
+
+/// The columns [`raw_result`] reads.
+const RESULT_SELECT: &str =
+    "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
+            upload_state, upload_attempts, upload_error, delivered_at FROM results";
+
+fn raw_result(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
+    Ok(RawResult {
+        uuid: r.get(0)?,
+        job: r.get(1)?,
+        platform: r.get(2)?,
+        started: r.get(3)?,
+        finished: r.get(4)?,
+        outcome: r.get(5)?,
+        value: r.get(6)?,
+        message: r.get(7)?,
+        upload_state: r.get(8)?,
+        attempts: r.get(9)?,
+        error: r.get(10)?,
+        delivered_at: r.get(11)?,
+    })
 }
 
 /// The columns [`raw_job`] reads.
@@ -1205,7 +1250,7 @@ mod tests {
                     started: Timestamp(i as i64 * 10),
                     finished: Timestamp(i as i64 * 10 + 5),
                     outcome: JobOutcome::Signalled(Signal::Kill),
-                    path: PathBuf::from(format!("/x/{name}/full")),
+                    path: Some(PathBuf::from(format!("/x/{name}/full"))),
                 },
                 true,
             )
@@ -1250,5 +1295,58 @@ mod tests {
             Db::open(&path),
             Err(DbError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn a_build_without_a_record_is_indexed_but_never_uploaded() {
+        let (_dir, db) = db();
+        let uuid = Uuid::from_u128(9);
+        let outcome = JobOutcome::Aborted("disk full: no room".into());
+        db.finish(
+            &NewResult {
+                uuid,
+                job: "j".into(),
+                platform: "linux".into(),
+                started: Timestamp(1),
+                finished: Timestamp(2),
+                outcome: outcome.clone(),
+                path: None,
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(db.result_path(uuid).unwrap(), None);
+        let indexed = db.result(uuid).unwrap().expect("indexed");
+        assert_eq!(indexed.outcome, outcome);
+        assert_eq!(indexed.upload, UploadState::NotConfigured);
+        assert_eq!(db.spool_unconfigured(Timestamp(3)).unwrap(), 0);
+        assert!(db.due_uploads(Timestamp(100), &[], 10).unwrap().is_empty());
+        assert_eq!(db.result(Uuid::from_u128(10)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_full_database_refuses_the_change_and_works_again_with_room() {
+        let (_dir, db) = db();
+        // SQLite's own page limit gives the same SQLITE_FULL as a full disk.
+        let pages: i64 = db
+            .lock()
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        db.lock()
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let mut big = script_job("big", "linux");
+        big.job.kind = JobKind::Script {
+            platform: "linux".into(),
+            script: "x".repeat(1 << 20),
+        };
+        let e = db.insert_job(&big).unwrap_err();
+        assert!(e.is_disk_full(), "{e}");
+        assert!(db.jobs().unwrap().is_empty(), "reads still work");
+        db.lock()
+            .pragma_update(None, "max_page_count", 1 << 30)
+            .unwrap();
+        assert!(db.insert_job(&big).unwrap());
+        assert!(!db.corrupt("x").is_disk_full());
     }
 }

@@ -9,6 +9,7 @@
 //! - [`client`]: one module per client request.
 //! - [`scheduler`]: queues jobs when they are due.
 //! - [`store`]: `DIR/<job>/<uuid>/full` records.
+//! - [`layout`]: the server's own files, `DIR/.builder/` (lock, `state.db`).
 //! - [`live`]: running builds and their observers.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
@@ -16,6 +17,7 @@
 
 pub mod client;
 pub mod db;
+pub mod layout;
 pub mod live;
 pub mod scheduler;
 pub mod state;
@@ -29,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use protocol::codec::Connection;
 use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +43,8 @@ use crate::state::Shared;
 /// The server's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// State directory: `state.db` and `<job>/<uuid>/full` records.
+    /// State directory: `<job>/<uuid>/full` records, and the server's lock
+    /// and `state.db` in `.builder/` (see [`layout`]).
     pub dir: PathBuf,
     /// Where `orb-build.template.<platform>` files are.
     pub config_dir: PathBuf,
@@ -115,10 +117,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.dir)
-        .with_context(|| format!("cannot create state directory {}", config.dir.display()))?;
-    let _lock = lock_state_dir(&config.dir)?;
-    let db = Db::open(&config.dir.join("state.db"))?;
+    let _lock = layout::open(&config.dir)?;
+    let db = Db::open(&layout::db_path(&config.dir))?;
     let token = CancellationToken::new();
     let shared = Arc::new(Shared::new(config, db, token.clone()));
 
@@ -186,24 +186,6 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// Holds an exclusive lock on the state directory so two servers never share
-/// one.
-fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "state directory {} is in use by another builder-server ({e})",
-            dir.display()
-        )
-    })
 }
 
 /// Tells a peer over the connection limit why it is turned away.

@@ -18,14 +18,22 @@ use crate::state::Shared;
 /// The longest the scheduler sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// How soon due jobs are tried again after a full disk refused them.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
+
 /// The scheduler task.
 pub async fn run(shared: Arc<Shared>) {
     loop {
         let changed = shared.schedule_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if queue_due(&shared, Timestamp::now()).is_err() {
-            return; // fatal, already reported
+        // (Errors are reported by `Shared::fatal`.) A full disk refuses
+        // the change: try again soon, space may be back.
+        let mut max_sleep = MAX_SLEEP;
+        match queue_due(&shared, Timestamp::now()) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => max_sleep = DISK_FULL_RETRY,
+            Err(_) => return,
         }
         let next = match shared.db.earliest_next_run() {
             Ok(next) => next,
@@ -34,7 +42,7 @@ pub async fn run(shared: Arc<Shared>) {
                 return;
             }
         };
-        let sleep = next.map_or(MAX_SLEEP, |t| t.since(Timestamp::now()).min(MAX_SLEEP));
+        let sleep = next.map_or(max_sleep, |t| t.since(Timestamp::now()).min(max_sleep));
         tokio::select! {
             _ = &mut changed => {}
             _ = tokio::time::sleep(sleep) => {}
@@ -112,7 +120,7 @@ mod tests {
                     started: Timestamp(0),
                     finished: Timestamp(0),
                     outcome: protocol::message::JobOutcome::Exited(0),
-                    path: "/nowhere".into(),
+                    path: Some("/nowhere".into()),
                 },
                 false,
             )

@@ -74,9 +74,18 @@ impl Shared {
         self.platform_wakeup(platform).notify_waiters();
     }
 
-    /// A failure to persist state: the server stops, since it can no longer
-    /// keep its promise that acknowledged changes are durable.
+    /// A failure to persist state, classified here and nowhere else.
+    ///
+    /// A full disk ([`DbError::is_disk_full`]) refuses that one change: the
+    /// caller answers whoever asked with the error, the server keeps serving
+    /// reads and works again once space is freed. Anything else (a corrupt
+    /// or vanished database) stops the server, since it can no longer keep
+    /// its promise that acknowledged changes are durable.
     pub fn fatal(&self, error: DbError) -> DbError {
+        if error.is_disk_full() {
+            tracing::error!(error = %error, "disk full: a change to the state was refused");
+            return error;
+        }
         tracing::error!(error = %error, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {

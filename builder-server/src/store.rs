@@ -6,6 +6,10 @@
 //! build record (console, result and every artifact file) to `full.partial`,
 //! fsyncs it, renames it to `full` and fsyncs the directories; only then is
 //! the build indexed and acknowledged.
+//!
+//! A write that fails ends that build only: the caller records it as
+//! aborted with [`StoreError::abort_reason`] (`disk full: ...` when the disk
+//! is full), and what was half written goes, empty build directory included.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -31,6 +35,41 @@ pub enum StoreError {
     /// The worker sent something inconsistent.
     #[error("{0}")]
     Protocol(String),
+}
+
+impl StoreError {
+    /// Whether the file system is out of space (or quota).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            StoreError::Protocol(_) => false,
+        }
+    }
+
+    /// Whether the worker is at fault (it sent something inconsistent), as
+    /// opposed to the server's disk.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, StoreError::Protocol(_))
+    }
+
+    /// The message a build stopped by this error is recorded as aborted
+    /// with: `disk full: WHAT: PATH: CAUSE` for lack of space, `WHAT: PATH:
+    /// CAUSE` otherwise. (Spelled out here, not taken from `Display`, so
+    /// the cause is in the record whatever `Display` shows.)
+    pub fn abort_reason(&self, what: &str) -> String {
+        let detail = match self {
+            StoreError::Io { path, source } => format!("{what}: {}: {source}", path.display()),
+            StoreError::Protocol(reason) => format!("{what}: {reason}"),
+        };
+        if self.is_disk_full() {
+            format!("disk full: {detail}")
+        } else {
+            detail
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -116,9 +155,14 @@ impl ArtifactSpool {
         Ok((self.dir, self.artifacts))
     }
 
-    /// Throws the spooled artifacts away.
+    /// Throws the spooled artifacts away, and the build's directory with
+    /// them unless it holds a record.
     pub fn discard(self) {
+        drop(self.current);
         remove_dir_logged(&self.dir);
+        if let Some(build_dir) = self.dir.parent() {
+            remove_incomplete(build_dir);
+        }
     }
 }
 
@@ -201,15 +245,13 @@ pub fn write_full(
     fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
     let partial = build_dir.join("full.partial");
     let full = build_dir.join("full");
-    let file = File::create(&partial).map_err(io_err(&partial))?;
-    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
-    record::write_record(&mut out, head, artifacts).map_err(io_err(&partial))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io_err(&partial)(e.into_error()))?;
-    file.sync_all().map_err(io_err(&partial))?;
-    drop(file);
-    fs::rename(&partial, &full).map_err(io_err(&full))?;
+    let written = write_partial(&partial, head, artifacts)
+        .and_then(|()| fs::rename(&partial, &full).map_err(io_err(&full)));
+    if let Err(e) = written {
+        // Whatever was written is of no use, and may be what fills the disk.
+        let _ = fs::remove_file(&partial);
+        return Err(e);
+    }
     // `full` in the build directory, the build directory in the job's.
     sync_dir(build_dir)?;
     sync_dir(job_dir)?;
@@ -217,6 +259,26 @@ pub fn write_full(
         remove_dir_logged(spool);
     }
     Ok(full)
+}
+
+/// Writes and fsyncs the record to `partial`.
+fn write_partial(
+    partial: &Path,
+    head: &RecordHead,
+    artifacts: &[FileArtifact],
+) -> Result<(), StoreError> {
+    let file = File::create(partial).map_err(io_err(partial))?;
+    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
+    record::write_record(&mut out, head, artifacts).map_err(io_err(partial))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err(partial)(e.into_error()))?;
+    file.sync_all().map_err(io_err(partial))
+}
+
+/// Removes an artifact spool (`DIR/<job>/<uuid>/artifacts.partial`).
+pub fn remove_spool(spool: &Path) {
+    remove_dir_logged(spool);
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

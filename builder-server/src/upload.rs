@@ -166,9 +166,11 @@ pub async fn run(shared: Arc<Shared>) {
             count = n,
             "records stored without --upload joined the upload spool"
         ),
+        // A full disk: they join at the next start.
         Err(e) => {
-            shared.fatal(e);
-            return;
+            if !shared.fatal(e).is_disk_full() {
+                return;
+            }
         }
     }
     let mut in_flight: JoinSet<(PendingUpload, Result<(), Failure>)> = JoinSet::new();
@@ -244,9 +246,15 @@ pub async fn run(shared: Arc<Shared>) {
                         shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait))
                     }
                 };
+                // A full disk: the state stays as it was, so the record
+                // is sent again (builder-web answers 409 if it has it).
+                // Paused a little, so that is not at once.
                 if let Err(e) = recorded {
-                    shared.fatal(e);
-                    return;
+                    if !shared.fatal(e).is_disk_full() {
+                        return;
+                    }
+                    let at = tokio::time::Instant::now() + Duration::from_secs(5);
+                    store_retry_at = Some(store_retry_at.map_or(at, |t| t.max(at)));
                 }
             }
             _ = &mut wakeup => {}

@@ -6,8 +6,13 @@
 //! three intervals, or whose connection closes, is lost, and its build goes
 //! back to the front of its queue (or is recorded as aborted after
 //! [`db::MAX_LOST`] lost workers in a row).
+//!
+//! Storage: a build whose artifacts or record the server cannot write
+//! (disk full, unwritable job folder) is the server's failure, not the
+//! worker's: it is recorded as aborted with the reason (`disk full: ...`)
+//! and not retried, observers get that result, and every other build goes
+//! on (see [`store_result`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +63,9 @@ enum Interrupted {
     /// The server is shutting down: leave the build marked running, so the
     /// next start requeues it.
     Shutdown,
+    /// The server cannot spool the build's artifacts: it ends aborted with
+    /// this reason.
+    Storage(String),
 }
 
 struct Session<'a> {
@@ -153,14 +161,19 @@ impl Session<'_> {
                         .map_err(|e| shared.fatal(e))
                 })
                 .await
-                .context("job claim panicked")??
+                .context("job claim panicked")?
             };
-            if claimed.is_some() {
-                return Ok(claimed);
-            }
+            // The disk is full: no build can start; look again later.
+            let retry = match claimed {
+                Ok(Some(running)) => return Ok(Some(running)),
+                Ok(None) => None,
+                Err(e) if e.is_disk_full() => Some(Instant::now() + self.shared.config.heartbeat),
+                Err(e) => return Err(e.into()),
+            };
             loop {
                 tokio::select! {
                     _ = &mut notified => break,
+                    _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => break,
                     msg = self.conn.recv::<WorkerMessage>() => {
                         self.last_seen = Instant::now();
                         match msg? {
@@ -232,10 +245,16 @@ impl Session<'_> {
                                 Ok(())
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
-                                spool.start(path, len).map_err(|e| e.to_string())
+                                match spool.start(path, len) {
+                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
+                                    r => r.map_err(|e| e.to_string()),
+                                }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
-                                spool.chunk(&data).map_err(|e| e.to_string())
+                                match spool.chunk(&data) {
+                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
+                                    r => r.map_err(|e| e.to_string()),
+                                }
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
                                 break Ok((finished, outcome));
@@ -276,6 +295,28 @@ impl Session<'_> {
                 build_lost(self.shared, running, &live, &reason).await?;
                 return Ok(false);
             }
+            Err(Interrupted::Storage(reason)) => {
+                // Not the worker's fault, and running it again would fail
+                // the same way: the build ends here, without its artifacts.
+                tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
+                spool.discard();
+                let failure = ServerToWorker::Failure {
+                    reason: format!("the server cannot store build {uuid}, which is recorded as aborted: {reason}"),
+                };
+                let _ = self.conn.send(&failure).await;
+                let outcome = JobOutcome::Aborted(reason);
+                end_build(
+                    self.shared,
+                    &running,
+                    &live,
+                    started,
+                    Timestamp::now(),
+                    outcome,
+                    (None, Vec::new()),
+                )
+                .await?;
+                return Ok(false);
+            }
         };
 
         let artifacts = match spool.finish() {
@@ -286,14 +327,13 @@ impl Session<'_> {
                 return Ok(false);
             }
         };
-        let console = live.take_console();
-        let storing = store_result(
+        let storing = end_build(
             self.shared,
             &running,
+            &live,
             started,
             finished,
-            outcome.clone(),
-            console,
+            outcome,
             artifacts,
         );
         let (stored, reachable) =
@@ -301,16 +341,7 @@ impl Session<'_> {
         // Nothing was read while the record was written: the worker's
         // heartbeats of that time are still in the socket, unread.
         self.last_seen = Instant::now();
-        if let Err(e) = stored {
-            // The disk refused the record (full, read-only...). The worker's
-            // work is not lost from the schedule: the build is requeued.
-            let reason = format!("cannot store the build: {e:#}");
-            tracing::error!(%uuid, error = %reason);
-            self.give_up(running, &live, &build_dir, reason).await?;
-            return Ok(false);
-        }
-        live.finish(finished, outcome.clone());
-        self.shared.live.remove(uuid);
+        let outcome = stored?;
         tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
         if !reachable {
             return Ok(false);
@@ -322,8 +353,9 @@ impl Session<'_> {
         Ok(true)
     }
 
-    /// The build's result cannot be stored: tell the worker why, throw away
-    /// what was written, and treat the build as one whose worker was lost.
+    /// The worker's result does not hold together: tell the worker why,
+    /// throw away what was written, and treat the build as one whose worker
+    /// was lost.
     async fn give_up(
         &mut self,
         running: Running,
@@ -402,7 +434,7 @@ fn kind(msg: &WorkerMessage) -> &'static str {
 }
 
 /// The build's worker is gone: requeue it, or record it as aborted when it
-/// lost too many workers in a row.
+/// lost too many workers in a row. Observers get an end whatever happens.
 async fn build_lost(
     shared: &Arc<Shared>,
     running: Running,
@@ -410,8 +442,24 @@ async fn build_lost(
     reason: &str,
 ) -> anyhow::Result<()> {
     let uuid = running.uuid;
-    let fate = shared.db.worker_lost(uuid).map_err(|e| shared.fatal(e))?;
     let now = Timestamp::now();
+    let fate = match shared.db.worker_lost(uuid) {
+        Ok(fate) => fate,
+        Err(e) => {
+            // Still marked running: the next start requeues it.
+            let e = shared.fatal(e);
+            live.finish(
+                now,
+                JobOutcome::Aborted(format!("worker lost ({reason}); not requeued: {e}")),
+            );
+            shared.live.remove(uuid);
+            return if e.is_disk_full() {
+                Ok(())
+            } else {
+                Err(e.into())
+            };
+        }
+    };
     match fate {
         LostFate::Requeued => {
             tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
@@ -425,27 +473,69 @@ async fn build_lost(
         LostFate::GiveUp(r) => {
             tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
-            let console = live.take_console();
-            store_result(
+            end_build(
                 shared,
                 &r,
+                live,
                 r.assigned,
                 now,
-                outcome.clone(),
-                console,
+                outcome,
                 (None, Vec::new()),
             )
-            .await
-            .context("cannot store the aborted build")?;
-            live.finish(now, outcome);
-            shared.live.remove(uuid);
+            .await?;
         }
         LostFate::Unknown => shared.live.remove(uuid),
     }
     Ok(())
 }
 
-/// Writes the build record and indexes it.
+/// Stores the build with its console (see [`store_result`]), then gives its
+/// observers the outcome recorded and forgets it as live: always, so no
+/// observer waits for an end that never comes. Returns that outcome.
+pub(crate) async fn end_build(
+    shared: &Arc<Shared>,
+    running: &Running,
+    live: &Arc<LiveBuild>,
+    started: Timestamp,
+    finished: Timestamp,
+    outcome: JobOutcome,
+    artifacts: (
+        Option<std::path::PathBuf>,
+        Vec<protocol::record::FileArtifact>,
+    ),
+) -> anyhow::Result<JobOutcome> {
+    let console = live.take_console();
+    let stored = store_result(
+        shared,
+        running,
+        started,
+        finished,
+        outcome.clone(),
+        console,
+        artifacts,
+    )
+    .await;
+    live.finish(
+        finished,
+        stored.as_ref().map_or(outcome, |recorded| recorded.clone()),
+    );
+    shared.live.remove(running.uuid);
+    stored
+}
+
+/// How often an index that the full disk refused is tried again.
+const INDEX_RETRY: Duration = Duration::from_secs(5);
+
+/// Writes the build record and indexes it. Returns the outcome indexed.
+///
+/// A record that cannot be written (disk full, unwritable job folder) ends
+/// this build only, once: the spool goes, and the build is recorded as
+/// aborted with the reason ([`store::StoreError::abort_reason`]: `disk
+/// full: ...` for lack of space) in a record of its job and console, or,
+/// when even that cannot be written, in the index alone. An index the full
+/// disk refuses is tried again every [`INDEX_RETRY`] until space returns
+/// (or at the next start). Fails only when the state database is broken,
+/// which stops the server.
 pub(crate) async fn store_result(
     shared: &Arc<Shared>,
     running: &Running,
@@ -457,9 +547,9 @@ pub(crate) async fn store_result(
         Option<std::path::PathBuf>,
         Vec<protocol::record::FileArtifact>,
     ),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<JobOutcome> {
     let job = &running.job;
-    let head = RecordHead {
+    let mut head = RecordHead {
         job: ScriptJob::new(
             job.job.as_bytes(),
             job.script.as_bytes(),
@@ -491,36 +581,101 @@ pub(crate) async fn store_result(
         started,
         finished,
         outcome,
-        path: PathBuf::new(),
+        path: None,
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        result.path = store::write_full(
+    let (result, indexed) = tokio::task::spawn_blocking(move || {
+        let written = store::write_full(
             &blocking.job_dirs,
             &build_dir,
             &head,
             &artifacts,
             spool_dir.as_deref(),
-        )?;
-        let upload = blocking.config.upload.is_some();
-        blocking
-            .db
-            .finish(&result, upload)
-            .map_err(|e| blocking.fatal(e))?;
-        Ok(())
+        );
+        result.path = match written {
+            Ok(path) => Some(path),
+            Err(e) => {
+                // The artifacts' room is given back before the second try.
+                if let Some(spool) = &spool_dir {
+                    store::remove_spool(spool);
+                }
+                let reason =
+                    e.abort_reason(&format!("cannot store the build ({})", result.outcome));
+                tracing::error!(job = %result.job, uuid = %result.uuid, %reason, "build recorded as aborted");
+                result.outcome = JobOutcome::Aborted(reason);
+                head.result = ExecResult::from(&result.outcome);
+                match store::write_full(&blocking.job_dirs, &build_dir, &head, &[], None) {
+                    Ok(path) => Some(path),
+                    Err(e) => {
+                        tracing::error!(job = %result.job, uuid = %result.uuid, error = %e.abort_reason("cannot store the aborted build"), "build indexed without a record");
+                        store::remove_incomplete(&build_dir);
+                        None
+                    }
+                }
+            }
+        };
+        let indexed = index(&blocking, &result);
+        (result, indexed)
     })
     .await
-    .context("record writer panicked")??;
-    if shared.config.upload.is_some() {
+    .context("record writer panicked")?;
+    let outcome = result.outcome.clone();
+    match indexed {
+        Ok(()) => {}
+        Err(e) if e.is_disk_full() => index_later(shared, result),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(outcome)
+}
+
+/// Indexes a finished build (blocking) and wakes the uploader.
+fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
+    let upload = shared.config.upload.is_some();
+    shared
+        .db
+        .finish(result, upload)
+        .map_err(|e| shared.fatal(e))?;
+    if upload {
         shared.upload_wakeup.notify_one();
     }
     Ok(())
 }
 
+/// The full disk refused to index a finished build: it stays marked running
+/// (the next start finds it) and is indexed as soon as there is room.
+fn index_later(shared: &Arc<Shared>, result: NewResult) {
+    tracing::warn!(job = %result.job, uuid = %result.uuid, "disk full: the build is indexed when space returns");
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let result = Arc::new(result);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(INDEX_RETRY) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            let (blocking, r) = (Arc::clone(&shared), Arc::clone(&result));
+            match tokio::task::spawn_blocking(move || index(&blocking, &r)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(job = %result.job, uuid = %result.uuid, "build indexed now that there is room");
+                    return;
+                }
+                Ok(Err(e)) if e.is_disk_full() => continue,
+                // Fatal: the server is stopping.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    });
+}
+
 /// At start-up: builds still marked running lost their worker when the
 /// server stopped. Each goes back to the front of its queue (or is recorded
 /// as aborted after too many lost workers), and half-written files go.
+///
+/// Never stopped by one build: one whose record cannot be written is indexed
+/// as aborted (see [`store_result`]); one the full disk will not let change
+/// stays marked running for the next start. Fails only for a broken
+/// database.
 pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
     let running = shared.db.running()?;
     if !running.is_empty() {
@@ -535,7 +690,15 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
             continue;
         }
         store::remove_incomplete(&build_dir);
-        if let LostFate::GiveUp(r) = shared.db.worker_lost(r.uuid)? {
+        let fate = match shared.db.worker_lost(r.uuid) {
+            Ok(fate) => fate,
+            Err(e) if e.is_disk_full() => {
+                tracing::error!(job = %r.job.job, uuid = %r.uuid, error = %e, "disk full: build left for the next start");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let LostFate::GiveUp(r) = fate {
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
             store_result(
                 shared,
@@ -546,8 +709,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 Vec::new(),
                 (None, Vec::new()),
             )
-            .await
-            .with_context(|| format!("cannot store aborted build {}", r.uuid))?;
+            .await?;
         }
     }
     Ok(())
@@ -580,8 +742,9 @@ async fn index_stored(
             // this is damage from outside; keep the file for inspection.
             tracing::error!(path = %path.display(), error = %format!("{e:#}"), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
-            std::fs::rename(build_dir, &aside)
-                .with_context(|| format!("cannot move {} aside", build_dir.display()))?;
+            if let Err(e) = std::fs::rename(build_dir, &aside) {
+                tracing::error!(dir = %build_dir.display(), error = %e, "cannot move the unreadable record aside");
+            }
             return Ok(false);
         }
     };
@@ -592,12 +755,22 @@ async fn index_stored(
         started: Timestamp::from_datetime(head.started),
         finished: Timestamp::from_datetime(head.finished),
         outcome: JobOutcome::from(&head.result),
-        path,
+        path: Some(path),
     };
-    shared
-        .db
-        .finish(&result, shared.config.upload.is_some())
-        .map_err(|e| shared.fatal(e))?;
+    let indexed = {
+        let (blocking, r) = (Arc::clone(shared), result.clone());
+        tokio::task::spawn_blocking(move || index(&blocking, &r))
+            .await
+            .context("indexer panicked")?
+    };
+    match indexed {
+        Ok(()) => {}
+        Err(e) if e.is_disk_full() => {
+            index_later(shared, result);
+            return Ok(true);
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
     Ok(true)
 }

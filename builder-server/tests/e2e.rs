@@ -569,10 +569,11 @@ fn connections_over_the_limit_are_refused_with_the_reason() {
 fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let db_path = builder_server::layout::db_path(&state);
+    std::fs::create_dir_all(db_path.parent().unwrap()).unwrap();
     // The state a crash between "record fsynced" and "result committed"
     // leaves: the build still marked running, its full record on disk.
-    let db = builder_server::db::Db::open(&state.join("state.db")).unwrap();
+    let db = builder_server::db::Db::open(&db_path).unwrap();
     db.enqueue("linux", "crashy", "echo hi\n", 60, false)
         .unwrap();
     let running = db

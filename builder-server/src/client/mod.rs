@@ -74,7 +74,24 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 continue;
             }
         };
-        let answer = answer.map_err(|e| shared.fatal(e))?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Told to the client either way; only a full disk leaves
+                // the server (and this connection) serving.
+                let e = shared.fatal(e);
+                let reason = if e.is_disk_full() {
+                    format!("disk full: the server cannot save the change; free space in its state directory and try again ({e})")
+                } else {
+                    format!("the server cannot persist its state and is stopping ({e})")
+                };
+                conn.send(&ServerToClient::Failure { reason }).await?;
+                if e.is_disk_full() {
+                    continue;
+                }
+                return Err(e.into());
+            }
+        };
         conn.send(&answer).await?;
     }
 }

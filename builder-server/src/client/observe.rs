@@ -29,8 +29,27 @@ pub async fn observe(
     if let Some(live) = shared.live.get(uuid) {
         return follow(shared, conn, &live).await;
     }
-    match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
-        Some(path) => replay(conn, uuid, path, 0, true).await,
+    if let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
+        return replay(conn, uuid, path, 0, true).await;
+    }
+    match shared.db.result(uuid).map_err(|e| shared.fatal(e))? {
+        // Indexed without a record (it could not be stored): no console,
+        // the end says why.
+        Some(r) => {
+            conn.send(&ServerToClient::ObserveStart(BuildHeader {
+                uuid,
+                job: r.job,
+                platform: r.platform,
+                started: r.started,
+            }))
+            .await?;
+            conn.send(&ServerToClient::ObserveEnd {
+                finished: r.finished,
+                outcome: r.outcome,
+            })
+            .await?;
+            Ok(())
+        }
         None => {
             conn.send(&ServerToClient::Failure {
                 reason: format!("no build {uuid}"),
@@ -167,8 +186,8 @@ async fn from_record(
     };
     match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
         Some(path) => replay(conn, uuid, path, from, !started).await,
-        // Not stored (the disk refused it; the build was requeued): the
-        // end says so.
+        // No record (the disk refused it, or the worker was lost and the
+        // build requeued): the end says so.
         None => {
             if !started {
                 conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
