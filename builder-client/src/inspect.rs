@@ -36,7 +36,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use protocol::record::{self, escape_bytes, lossy, ExecResult, RecordHead};
-use protocol::signal::Signal;
 
 use crate::output;
 
@@ -151,14 +150,10 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`.
+/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
+/// (the wording of `protocol`, shared by every program).
 pub fn result_text(r: &ExecResult) -> String {
-    match r {
-        ExecResult::Exited(code) => format!("exited {code}"),
-        ExecResult::Signalled(n) => format!("killed by {}", Signal::from_portable(*n).name()),
-        ExecResult::Stopped(n) => format!("stopped by {}", Signal::from_portable(*n).name()),
-        ExecResult::Msg(msg) => format!("aborted: {}", lossy(msg)),
-    }
+    r.to_string()
 }
 
 fn write_job(out: &mut dyn Write, head: &RecordHead) -> io::Result<()> {
