@@ -16,12 +16,7 @@ fn setup() -> (tempfile::TempDir, Server) {
 }
 
 fn entry(server: &Server, name: &str) -> ScheduleEntry {
-    server
-        .info()
-        .schedule
-        .into_iter()
-        .find(|e| e.job.name == name)
-        .unwrap_or_else(|| panic!("job {name} not in the schedule"))
+    server.show(name)
 }
 
 fn stderr(out: &std::process::Output) -> String {
