@@ -77,10 +77,11 @@ impl Shared {
     /// A failure to persist state: the server stops, since it can no longer
     /// keep its promise that acknowledged changes are durable.
     pub fn fatal(&self, error: DbError) -> DbError {
-        tracing::error!(error = %error, "cannot persist state; shutting down");
+        let chain = protocol::Chain(&error).to_string();
+        tracing::error!(error = %chain, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
-            *fatal = Some(anyhow::anyhow!("{error}"));
+            *fatal = Some(anyhow::anyhow!(chain));
         }
         self.shutdown.cancel();
         error

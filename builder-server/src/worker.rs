@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::codec::Connection;
+use protocol::Chain;
 use protocol::message::{
     BuildHeader, JobAssignment, JobOutcome, ServerToWorker, Timestamp, WorkerMessage,
 };
@@ -97,7 +98,7 @@ impl Session<'_> {
         self.conn
             .send(&ServerToWorker::Heartbeat)
             .await
-            .map_err(|e| format!("cannot send heartbeat: {e}"))
+            .map_err(|e| format!("cannot send heartbeat: {}", Chain(&e)))
     }
 
     /// Waits for `RequestJob`. `Ok(false)` when the worker left or the server
@@ -210,7 +211,7 @@ impl Session<'_> {
             timeout_secs: job.timeout_secs,
         });
         let end = match self.conn.send(&assignment).await {
-            Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {e}"))),
+            Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {}", Chain(&e)))),
             Ok(()) => loop {
                 tokio::select! {
                     msg = self.conn.recv::<WorkerMessage>() => {
@@ -218,7 +219,7 @@ impl Session<'_> {
                         let msg = match msg {
                             Ok(Some(msg)) => msg,
                             Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
-                            Err(e) => break Err(Interrupted::Lost(e.to_string())),
+                            Err(e) => break Err(Interrupted::Lost(Chain(&e).to_string())),
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
@@ -232,10 +233,10 @@ impl Session<'_> {
                                 Ok(())
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
-                                spool.start(path, len).map_err(|e| e.to_string())
+                                spool.start(path, len).map_err(|e| Chain(&e).to_string())
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
-                                spool.chunk(&data).map_err(|e| e.to_string())
+                                spool.chunk(&data).map_err(|e| Chain(&e).to_string())
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
                                 break Ok((finished, outcome));
@@ -255,7 +256,7 @@ impl Session<'_> {
                     Some(reason) = cancel.recv() => {
                         tracing::info!(%uuid, %reason, "cancelling build");
                         if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
-                            break Err(Interrupted::Lost(format!("cannot send cancel: {e}")));
+                            break Err(Interrupted::Lost(format!("cannot send cancel: {}", Chain(&e))));
                         }
                     }
                     _ = self.shared.shutdown.cancelled() => break Err(Interrupted::Shutdown),
@@ -281,7 +282,7 @@ impl Session<'_> {
         let artifacts = match spool.finish() {
             Ok((dir, artifacts)) => (Some(dir), artifacts),
             Err(e) => {
-                self.give_up(running, &live, &build_dir, e.to_string())
+                self.give_up(running, &live, &build_dir, Chain(&e).to_string())
                     .await?;
                 return Ok(false);
             }
@@ -316,7 +317,7 @@ impl Session<'_> {
             return Ok(false);
         }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
-            tracing::debug!(%uuid, error = %e, "worker left before its build was acknowledged");
+            tracing::debug!(%uuid, error = %Chain(&e), "worker left before its build was acknowledged");
             return Ok(false);
         }
         Ok(true)
@@ -379,7 +380,7 @@ where
                 // the end of the store.
                 let error = match tokio::time::timeout(every, conn.send(&ServerToWorker::Heartbeat)).await {
                     Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => Chain(&e).to_string(),
                     Err(_) => format!("no room to send for {every:?}"),
                 };
                 tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");

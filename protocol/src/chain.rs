@@ -11,9 +11,11 @@ use std::fmt;
 
 /// Displays an error followed by each of its causes, separated by `": "`
 /// (the shape of anyhow's `{:#}`).
-pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+/// Generic over the error type so that it is `Send` wherever the error is
+/// (it is often built inside async code).
+pub struct Chain<'a, E: Error + ?Sized>(pub &'a E);
 
-impl fmt::Display for Chain<'_> {
+impl<E: Error + ?Sized> fmt::Display for Chain<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)?;
         let mut cause = self.0.source();

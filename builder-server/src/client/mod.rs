@@ -31,7 +31,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             Ok(Some(request)) => request,
             Ok(None) => return Ok(()),
             Err(e) => {
-                let reason = format!("bad request: {e}");
+                let reason = format!("bad request: {}", protocol::Chain(&e));
                 let _ = conn
                     .send(&ServerToClient::Failure {
                         reason: reason.clone(),
