@@ -18,13 +18,19 @@ use crate::state::Shared;
 /// The longest the scheduler sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// The scheduler task.
+/// The scheduler task, on the wall clock.
 pub async fn run(shared: Arc<Shared>) {
+    run_with_clock(shared, Timestamp::now).await
+}
+
+/// The scheduler task reading the time from `now` (injected by tests, which
+/// pair it with tokio's paused time).
+pub async fn run_with_clock(shared: Arc<Shared>, now: impl Fn() -> Timestamp) {
     loop {
         let changed = shared.schedule_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if queue_due(&shared, Timestamp::now()).is_err() {
+        if queue_due(&shared, now()).is_err() {
             return; // fatal, already reported
         }
         let next = match shared.db.earliest_next_run() {
@@ -34,7 +40,7 @@ pub async fn run(shared: Arc<Shared>) {
                 return;
             }
         };
-        let sleep = next.map_or(MAX_SLEEP, |t| t.since(Timestamp::now()).min(MAX_SLEEP));
+        let sleep = next.map_or(MAX_SLEEP, |t| t.since(now()).min(MAX_SLEEP));
         tokio::select! {
             _ = &mut changed => {}
             _ = tokio::time::sleep(sleep) => {}
@@ -208,5 +214,57 @@ mod tests {
             .unwrap();
         tick(&db, now);
         assert_eq!(next(&db), Some(at(2028, 2, 29, 0, 0)), "next Feb 29");
+    }
+
+    /// A test clock: a fixed start plus tokio's (paused) time since then.
+    fn paused_clock(start: Timestamp) -> impl Fn() -> Timestamp + Clone {
+        let origin = tokio::time::Instant::now();
+        move || start.saturating_add(origin.elapsed())
+    }
+
+    fn queued(db: &Db) -> Vec<String> {
+        db.queues()
+            .unwrap()
+            .into_iter()
+            .flat_map(|q| q.jobs)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cron_job_is_queued_at_its_slot_not_on_a_coarse_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let t0 = at(2025, 1, 1, 3, 0);
+        schedule(&db, Trigger::cron("*/3 * * * * *").unwrap(), t0);
+        let shared = Arc::new(Shared::new(
+            crate::Config::new(dir.path().to_owned()),
+            db,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let clock = paused_clock(t0);
+        let task = tokio::spawn(run_with_clock(shared.clone(), clock.clone()));
+        let origin = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+
+        // Queued at once (next_run is t0), then at every 3-second slot:
+        // 1 ms before a slot nothing is queued, 1 ms after it the job is.
+        tokio::time::sleep_until(origin + ms(1)).await;
+        assert_eq!(queued(&shared.db), ["job"], "queued at once");
+        assert_eq!(run_queued(&shared.db), 1);
+        for slot in 1..=4u64 {
+            tokio::time::sleep_until(origin + ms(3000 * slot - 1)).await;
+            assert!(queued(&shared.db).is_empty(), "before slot {slot}");
+            tokio::time::sleep_until(origin + ms(3000 * slot + 1)).await;
+            assert_eq!(queued(&shared.db), ["job"], "at slot {slot}");
+            assert_eq!(run_queued(&shared.db), 1);
+            assert_eq!(
+                next(&shared.db),
+                Some(t0.saturating_add(Duration::from_secs(3 * (slot + 1)))),
+                "next slot in phase"
+            );
+        }
+        assert_eq!(clock().since(t0), ms(12_001), "the injected clock ran");
+        shared.shutdown.cancel();
+        task.await.unwrap();
     }
 }
