@@ -30,7 +30,10 @@ impl Session {
     /// (see [`protocol::handshake::HandshakeError`]).
     pub async fn open(remote: &str, token: Option<String>) -> Result<Session> {
         tracing::debug!(remote, "connecting");
-        let hello = Hello::client(token, format!("builder-client {}", env!("CARGO_PKG_VERSION")));
+        let hello = Hello::client(
+            token,
+            format!("builder-client {}", env!("CARGO_PKG_VERSION")),
+        );
         let (conn, server) =
             handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, CONNECT_TIMEOUT).await?;
         tracing::debug!(

@@ -400,10 +400,7 @@ fn sample_info() -> Info {
 
 #[test]
 fn info_json() {
-    let (req, out) = exchange(
-        &["info", "--json"],
-        info_answer(),
-    );
+    let (req, out) = exchange(&["info", "--json"], info_answer());
     assert_eq!(req, ClientRequest::Info);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -470,10 +467,7 @@ fn info_with_a_part_missing_is_an_error() {
 #[test]
 fn show_prints_the_job_with_its_whole_script() {
     let entry = sample_info().schedule.remove(0);
-    let (req, out) = exchange(
-        &["show", "job1"],
-        vec![ServerToClient::Job(entry.clone())],
-    );
+    let (req, out) = exchange(&["show", "job1"], vec![ServerToClient::Job(entry.clone())]);
     assert_eq!(
         req,
         ClientRequest::Show {
@@ -482,10 +476,16 @@ fn show_prints_the_job_with_its_whole_script() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("name:     job1\njob:      script on linux\n"), "{text}");
+    assert!(
+        text.starts_with("name:     job1\njob:      script on linux\n"),
+        "{text}"
+    );
     assert!(text.ends_with("script (8 bytes):\necho hi\n"), "{text}");
 
-    let (_, out) = exchange(&["show", "job1", "--json"], vec![ServerToClient::Job(entry)]);
+    let (_, out) = exchange(
+        &["show", "job1", "--json"],
+        vec![ServerToClient::Job(entry)],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "job1");

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::codec::Connection;
-use protocol::Chain;
 use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
+use protocol::Chain;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -278,8 +278,10 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<Hello, Str
     let hello: Hello = match message::decode(&frame) {
         Ok(hello) => hello,
         Err(e) => {
-            let mut reason =
-                format!("expected a hello for protocol version {PROTOCOL_VERSION}: {}", Chain(&e));
+            let mut reason = format!(
+                "expected a hello for protocol version {PROTOCOL_VERSION}: {}",
+                Chain(&e)
+            );
             if let Some(v) = message::peek_hello_version(&frame).filter(|v| *v != PROTOCOL_VERSION)
             {
                 reason.push_str(&format!(" (the peer may speak protocol version {v})"));

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use protocol::codec::Connection;
-use protocol::Chain;
 use protocol::message::{
     BuildHeader, JobAssignment, JobOutcome, ServerToWorker, Timestamp, WorkerMessage,
 };
 use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms};
+use protocol::Chain;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::db::{self, LostFate, NewResult, Running};
@@ -211,7 +211,10 @@ impl Session<'_> {
             timeout_secs: job.timeout_secs,
         });
         let end = match self.conn.send(&assignment).await {
-            Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {}", Chain(&e)))),
+            Err(e) => Err(Interrupted::Lost(format!(
+                "cannot send the job: {}",
+                Chain(&e)
+            ))),
             Ok(()) => loop {
                 tokio::select! {
                     msg = self.conn.recv::<WorkerMessage>() => {

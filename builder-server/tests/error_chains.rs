@@ -39,7 +39,10 @@ fn a_state_database_that_is_not_one_prints_sqlites_message_once() {
     std::fs::create_dir(&dir).unwrap();
     // Not SQLite: 8 KiB of a repeated pattern.
     std::fs::write(dir.join("state.db"), b"not a database. ".repeat(512)).unwrap();
-    let line = one_chain(&server(&["--dir", dir.to_str().unwrap()]), "file is not a database");
+    let line = one_chain(
+        &server(&["--dir", dir.to_str().unwrap()]),
+        "file is not a database",
+    );
     assert!(line.starts_with("error: state database "), "{line}");
 }
 

@@ -15,7 +15,9 @@ fn big_script(len: usize, tag: &str) -> String {
     let mut s = String::from("#!/bin/sh\n");
     let mut i = 0;
     while s.len() < len {
-        s.push_str(&format!("# {tag} line {i:09} .................................\n"));
+        s.push_str(&format!(
+            "# {tag} line {i:09} .................................\n"
+        ));
         i += 1;
     }
     s.truncate(len - 1);
@@ -60,9 +62,15 @@ fn two_nine_mib_scripts_leave_info_working_and_show_returns_each_whole() {
         let out = server.client_ok(&["show", name, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["name"], name.as_str());
-        assert!(v["script"].as_str() == Some(script.as_str()), "{name}: script differs");
+        assert!(
+            v["script"].as_str() == Some(script.as_str()),
+            "{name}: script differs"
+        );
         let out = server.client_ok(&["show", name]);
-        assert!(out.stdout.ends_with(script.as_bytes()), "{name}: text differs");
+        assert!(
+            out.stdout.ends_with(script.as_bytes()),
+            "{name}: text differs"
+        );
     }
     let entry = server.show("big2");
     assert_eq!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use builder_worker::{host_name, Config};
-use protocol::DEFAULT_REMOTE;
 use clap::Parser;
+use protocol::DEFAULT_REMOTE;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 

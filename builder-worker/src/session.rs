@@ -16,8 +16,7 @@ use anyhow::{anyhow, Context};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::handshake::{self, HandshakeError, HANDSHAKE_TIMEOUT};
 use protocol::message::{
-    Hello, JobAssignment, JobOutcome, ServerHello, ServerToWorker, Timestamp,
-    WorkerMessage,
+    Hello, JobAssignment, JobOutcome, ServerHello, ServerToWorker, Timestamp, WorkerMessage,
 };
 use protocol::PROTOCOL_VERSION;
 use tokio::net::TcpStream;

@@ -38,9 +38,6 @@ mod tests {
     #[test]
     fn each_cause_once_in_order() {
         let e = Outer(std::io::Error::other("denied"));
-        assert_eq!(
-            Chain(&e).to_string(),
-            "cannot read token file /x: denied"
-        );
+        assert_eq!(Chain(&e).to_string(), "cannot read token file /x: denied");
     }
 }

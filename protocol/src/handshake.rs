@@ -189,7 +189,10 @@ mod tests {
 
     fn server_side(
         reply: Option<HelloReply>,
-    ) -> (Connection<tokio::io::DuplexStream>, tokio::task::JoinHandle<Hello>) {
+    ) -> (
+        Connection<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<Hello>,
+    ) {
         let (a, b) = tokio::io::duplex(4096);
         let task = tokio::spawn(async move {
             let mut server = Connection::new(b, DEFAULT_MAX_FRAME, "client".into());

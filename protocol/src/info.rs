@@ -34,7 +34,9 @@ pub struct InfoSummary {
 
 /// Why the parts of an `info` answer do not add up.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the info answer is incomplete: {received} items received, the server announced {announced}")]
+#[error(
+    "the info answer is incomplete: {received} items received, the server announced {announced}"
+)]
 pub struct Incomplete {
     /// Items received in parts.
     pub received: u64,
@@ -77,7 +79,11 @@ impl InfoSummary {
             }
         }
         items.extend(self.running.into_iter().map(InfoItem::Running));
-        items.extend(self.dropped_platforms.into_iter().map(InfoItem::DroppedPlatform));
+        items.extend(
+            self.dropped_platforms
+                .into_iter()
+                .map(InfoItem::DroppedPlatform),
+        );
         items.extend(self.workers.into_iter().map(InfoItem::Worker));
         items
     }

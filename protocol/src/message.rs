@@ -760,6 +760,9 @@ mod tests {
             assert_eq!(ExecResult::from(&outcome).to_string(), text);
         }
         // The record's wider exit codes are shown exactly.
-        assert_eq!(ExecResult::Exited(1 << 40).to_string(), "exited 1099511627776");
+        assert_eq!(
+            ExecResult::Exited(1 << 40).to_string(),
+            "exited 1099511627776"
+        );
     }
 }

@@ -541,7 +541,11 @@ fn every_checked_in_frame_of_every_version_still_decodes() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), current, "sample names must be unique");
-    assert_eq!(versions.get(&PROTOCOL_VERSION), Some(&current), "{versions:?}");
+    assert_eq!(
+        versions.get(&PROTOCOL_VERSION),
+        Some(&current),
+        "{versions:?}"
+    );
     assert!(versions.get(&1).is_some_and(|n| *n >= 40), "{versions:?}");
 }
 

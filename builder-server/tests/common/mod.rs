@@ -247,10 +247,15 @@ impl Server {
 /// A client connection after a successful hello.
 pub async fn client_conn(addr: &str) -> Connection {
     let hello = Hello::client(None, "test");
-    handshake::connect(addr, &hello, DEFAULT_MAX_FRAME, handshake::HANDSHAKE_TIMEOUT)
-        .await
-        .unwrap()
-        .0
+    handshake::connect(
+        addr,
+        &hello,
+        DEFAULT_MAX_FRAME,
+        handshake::HANDSHAKE_TIMEOUT,
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 /// Writes an executable script file and returns its path.
