@@ -8,10 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
-use protocol::message::{
-    ClientRequest, Hello, HelloReply, JobKind, JobSpec, ResultSummary, Role, ServerToClient,
-    PROTOCOL_VERSION,
-};
+use protocol::handshake::{self, HANDSHAKE_TIMEOUT};
+use protocol::message::{ClientRequest, Hello, JobKind, JobSpec, ResultSummary, ServerToClient};
 use protocol::trigger::Trigger;
 
 use crate::procs::{Binaries, Deadline, Proc, Usage};
@@ -329,21 +327,12 @@ impl Farm {
 
     /// A client connection to the server, after a successful hello.
     pub async fn connect(&self) -> Result<Client> {
-        let mut conn = Connection::connect(&self.addr, DEFAULT_MAX_FRAME)
-            .await
-            .with_context(|| format!("cannot connect to the server at {}", self.addr))?;
-        conn.send(&Hello {
-            version: PROTOCOL_VERSION,
-            role: Role::Client,
-            token: None,
-            software: concat!("builder-bench ", env!("CARGO_PKG_VERSION")).into(),
-        })
-        .await?;
-        match conn.recv::<HelloReply>().await? {
-            Some(HelloReply::Welcome(_)) => Ok(Client { conn }),
-            Some(HelloReply::Refused { reason }) => bail!("the server refused us: {reason}"),
-            None => bail!("the server closed the connection after our hello"),
-        }
+        let hello = Hello::client(None, concat!("builder-bench ", env!("CARGO_PKG_VERSION")));
+        let (conn, _server) =
+            handshake::connect(&self.addr, &hello, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT)
+                .await
+                .context("the benchmark's client")?;
+        Ok(Client { conn })
     }
 
     /// Paths of every stored `full` record of `job`.

@@ -2,8 +2,8 @@
 //!
 //! Compatible with the reference client (SPEC §2a): the same commands and
 //! positional arguments, `-r/--remote` and `BUILDER_REMOTE`. Additions:
-//! `--cron`, `--timeout`, `--token-file`/`BUILDER_TOKEN`, `--json`, `cancel`
-//! and `results`. Global options are accepted before or after the command.
+//! `--cron`, `--timeout`, `--token-file`/`BUILDER_TOKEN`, `--json`, `cancel`,
+//! `results` and `show`. Global options are accepted before or after the command.
 //!
 //! Everything that can be checked without the server is checked here, while
 //! parsing (cron expressions, periods, RFC 3339 times, UUIDs, the remote
@@ -14,10 +14,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use protocol::message::Timestamp;
 use protocol::trigger::Trigger;
+use protocol::DEFAULT_REMOTE;
 use uuid::Uuid;
-
-/// The server address used when neither `-r` nor `BUILDER_REMOTE` is given.
-pub const DEFAULT_REMOTE: &str = "127.0.0.1:1234";
 
 /// builder-client: change and observe the schedule of a builder server.
 #[derive(Parser, Debug)]
@@ -112,9 +110,14 @@ pub enum Command {
         #[arg(long, value_name = "P")]
         platform: Option<String>,
     },
-    /// Show the schedule, queues, running builds, dropped platforms and
-    /// connected workers.
+    /// Show the schedule (without scripts), queues, running builds, dropped
+    /// platforms and connected workers.
     Info,
+    /// Show one scheduled job with its script.
+    Show {
+        /// The job.
+        name: String,
+    },
     /// Follow a build's console and result; exits with the build's status.
     Observe {
         /// The build.

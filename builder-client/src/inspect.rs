@@ -37,7 +37,6 @@ use crate::units::{count, human_size};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use protocol::record::{self, escape_bytes, lossy, ExecResult, RecordHead};
-use protocol::signal::Signal;
 
 use crate::output;
 
@@ -153,14 +152,10 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`.
+/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
+/// (the wording of `protocol`, shared by every program).
 pub fn result_text(r: &ExecResult) -> String {
-    match r {
-        ExecResult::Exited(code) => format!("exited {code}"),
-        ExecResult::Signalled(n) => format!("killed by {}", Signal::from_portable(*n).name()),
-        ExecResult::Stopped(n) => format!("stopped by {}", Signal::from_portable(*n).name()),
-        ExecResult::Msg(msg) => format!("aborted: {}", lossy(msg)),
-    }
+    r.to_string()
 }
 
 fn write_job(out: &mut dyn Write, head: &RecordHead) -> io::Result<()> {

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use protocol::info::InfoSummary;
 use protocol::message::{BuildHeader, ClientRequest, JobKind, JobSpec, ServerToClient};
 use protocol::trigger::Trigger;
 
@@ -39,22 +40,33 @@ use crate::output::ObserveEvent;
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     // Everything local first: nothing is sent when a file is unusable.
     let request = request(&cli.command)?;
-    let token = connect::load_token(cli.token_file.as_deref())?;
+    let token = protocol::token::load_token(cli.token_file.as_deref())?;
 
     let mut session = Session::open(&cli.remote, token).await?;
     session.send(&request).await?;
 
     match &request {
         ClientRequest::Info => {
-            let info = match session.recv_answer("sending the info").await? {
-                ServerToClient::Info(info) => info,
-                other => return unexpected(other),
-            };
+            let info = receive_info(&mut session).await?;
             let mut out = io::stdout().lock();
             if cli.json {
                 output::write_json_line(&mut out, &output::InfoView::new(&info))?;
             } else {
                 output::write_info(&mut out, &info)?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientRequest::Show { .. } => {
+            let entry = match session.recv_answer("sending the job").await? {
+                ServerToClient::Job(entry) => entry,
+                other => return unexpected(other),
+            };
+            let mut out = io::stdout().lock();
+            if cli.json {
+                output::write_json_line(&mut out, &output::ScheduleView::new(&entry))?;
+            } else {
+                output::write_job(&mut out, &entry)?;
             }
             out.flush()?;
             Ok(ExitCode::SUCCESS)
@@ -149,6 +161,7 @@ pub fn request(command: &Command) -> Result<ClientRequest> {
             platform: platform.clone(),
         },
         Command::Info => ClientRequest::Info,
+        Command::Show { name } => ClientRequest::Show { name: name.clone() },
         Command::Observe { uuid } => ClientRequest::Observe { uuid: *uuid },
         Command::ObserveLatest { platform, job } => ClientRequest::ObserveLatest {
             platform: platform.clone(),
@@ -271,6 +284,26 @@ async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
                 out.flush().ok();
                 return unexpected(other);
             }
+        }
+    }
+}
+
+/// Reads the parts of an `info` answer up to its end marker and puts them
+/// together, checking that none is missing.
+async fn receive_info(session: &mut Session) -> Result<InfoSummary> {
+    let mut info = InfoSummary::default();
+    let mut received = 0u64;
+    loop {
+        match session.recv_answer("sending the info").await? {
+            ServerToClient::InfoPart(items) => {
+                received += items.len() as u64;
+                items.into_iter().for_each(|item| info.push(item));
+            }
+            ServerToClient::InfoEnd { items } => {
+                InfoSummary::check_count(received, items)?;
+                return Ok(info);
+            }
+            other => return unexpected(other),
         }
     }
 }

@@ -8,8 +8,10 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
+use protocol::info::InfoSummary;
 use protocol::message::{
-    BuildHeader, Info, JobKind, JobOutcome, OutputLine, ResultSummary, Timestamp, UploadState,
+    BuildHeader, JobKind, JobOutcome, JobSummary, JobSummaryKind, OutputLine, ResultSummary,
+    ScheduleEntry, Timestamp, UploadState,
 };
 use protocol::trigger::Trigger;
 use serde::Serialize;
@@ -51,14 +53,10 @@ pub fn console_delta(delta_ns: i64) -> String {
     format!("[{:>8}s]", format!("{sign}{secs}.{millis:03}"))
 }
 
-/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`.
+/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
+/// (the wording of `protocol`, shared by every program).
 pub fn outcome(o: &JobOutcome) -> String {
-    match o {
-        JobOutcome::Exited(code) => format!("exited {code}"),
-        JobOutcome::Signalled(sig) => format!("killed by {}", sig.name()),
-        JobOutcome::Stopped(sig) => format!("stopped by {}", sig.name()),
-        JobOutcome::Aborted(msg) => format!("aborted: {msg}"),
-    }
+    o.to_string()
 }
 
 /// `daily`, `cron "0 3 * * *"`.
@@ -157,7 +155,7 @@ pub struct InfoView {
     pub workers: Vec<WorkerView>,
 }
 
-/// One scheduled job.
+/// One scheduled job (in `info --json`, and `show --json` with its script).
 #[derive(Serialize, Debug)]
 pub struct ScheduleView {
     /// Job name.
@@ -167,9 +165,12 @@ pub struct ScheduleView {
     /// Platform of a script job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    /// The script of a script job.
+    /// The script of a script job (`show` only; `info` leaves it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub script: Option<String>,
+    /// The size of a script job's script in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_bytes: Option<u64>,
     /// Package of an orb-build job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opam_package: Option<String>,
@@ -347,42 +348,59 @@ pub enum ObserveEvent {
     },
 }
 
+/// `("hourly", None)` ... `("cron", Some(expr))`.
+fn trigger_view(t: &Trigger) -> (&'static str, Option<String>) {
+    match t {
+        Trigger::Hourly => ("hourly", None),
+        Trigger::Daily => ("daily", None),
+        Trigger::Weekly => ("weekly", None),
+        Trigger::Never => ("never", None),
+        Trigger::Cron(expr) => ("cron", Some(expr.clone())),
+    }
+}
+
+impl ScheduleView {
+    /// A job as `info` lists it: without its script.
+    pub fn summary(e: &JobSummary) -> ScheduleView {
+        let (kind, platform, script_bytes, opam_package) = match &e.kind {
+            JobSummaryKind::Script {
+                platform,
+                script_bytes,
+            } => ("script", Some(platform.clone()), Some(*script_bytes), None),
+            JobSummaryKind::Orb { opam_package } => {
+                ("orb-build", None, None, Some(opam_package.clone()))
+            }
+        };
+        let (trigger, cron) = trigger_view(&e.trigger);
+        ScheduleView {
+            name: e.name.clone(),
+            kind,
+            platform,
+            script: None,
+            script_bytes,
+            opam_package,
+            trigger,
+            cron,
+            next_run: e.next_run.map(time_exact),
+            timeout_secs: e.timeout_secs,
+        }
+    }
+
+    /// A job as `show` prints it: with its script.
+    pub fn new(e: &ScheduleEntry) -> ScheduleView {
+        let mut view = ScheduleView::summary(&JobSummary::from(e));
+        if let JobKind::Script { script, .. } = &e.job.kind {
+            view.script = Some(script.clone());
+        }
+        view
+    }
+}
+
 impl InfoView {
     /// Builds the view of an `info` answer.
-    pub fn new(info: &Info) -> InfoView {
+    pub fn new(info: &InfoSummary) -> InfoView {
         InfoView {
-            schedule: info
-                .schedule
-                .iter()
-                .map(|e| {
-                    let (kind, platform, script, opam_package) = match &e.job.kind {
-                        JobKind::Script { platform, script } => {
-                            ("script", Some(platform.clone()), Some(script.clone()), None)
-                        }
-                        JobKind::Orb { opam_package } => {
-                            ("orb-build", None, None, Some(opam_package.clone()))
-                        }
-                    };
-                    let (trigger, cron) = match &e.trigger {
-                        Trigger::Hourly => ("hourly", None),
-                        Trigger::Daily => ("daily", None),
-                        Trigger::Weekly => ("weekly", None),
-                        Trigger::Never => ("never", None),
-                        Trigger::Cron(expr) => ("cron", Some(expr.clone())),
-                    };
-                    ScheduleView {
-                        name: e.job.name.clone(),
-                        kind,
-                        platform,
-                        script,
-                        opam_package,
-                        trigger,
-                        cron,
-                        next_run: e.next_run.map(time_exact),
-                        timeout_secs: e.timeout_secs,
-                    }
-                })
-                .collect(),
+            schedule: info.schedule.iter().map(ScheduleView::summary).collect(),
             queues: info
                 .queues
                 .iter()
@@ -449,8 +467,16 @@ impl ResultView {
 // ---------------------------------------------------------------------------
 // Human renderings.
 
+/// The "JOB" column: `script on linux`, `orb-build solo5-hvt`.
+fn job_kind(kind: &JobSummaryKind) -> String {
+    match kind {
+        JobSummaryKind::Script { platform, .. } => format!("script on {platform}"),
+        JobSummaryKind::Orb { opam_package } => format!("orb-build {opam_package}"),
+    }
+}
+
 /// `info` as text.
-pub fn write_info(out: &mut dyn Write, info: &Info) -> io::Result<()> {
+pub fn write_info(out: &mut dyn Write, info: &InfoSummary) -> io::Result<()> {
     if info.schedule.is_empty() {
         writeln!(out, "schedule: no jobs")?;
     } else {
@@ -458,15 +484,11 @@ pub fn write_info(out: &mut dyn Write, info: &Info) -> io::Result<()> {
         let mut t = Table::new(&["NAME", "JOB", "TRIGGER", "NEXT RUN", "TIMEOUT"]);
         for e in &info.schedule {
             t.row(vec![
-                e.job.name.clone(),
-                match &e.job.kind {
-                    JobKind::Script { platform, .. } => format!("script on {platform}"),
-                    JobKind::Orb { opam_package } => format!("orb-build {opam_package}"),
-                },
+                e.name.clone(),
+                job_kind(&e.kind),
                 trigger(&e.trigger),
                 e.next_run.map_or_else(|| "-".to_owned(), time_secs),
-                e.timeout_secs
-                    .map_or_else(|| "default".to_owned(), |s| format!("{s}s")),
+                timeout(e.timeout_secs),
             ]);
         }
         t.write(out, "  ")?;
@@ -530,6 +552,33 @@ pub fn write_info(out: &mut dyn Write, info: &Info) -> io::Result<()> {
                 })
                 .collect();
             writeln!(out, "  {p}: {}", ws.join("; "))?;
+        }
+    }
+    Ok(())
+}
+
+/// `default` or `600s`.
+fn timeout(secs: Option<u64>) -> String {
+    secs.map_or_else(|| "default".to_owned(), |s| format!("{s}s"))
+}
+
+/// `show` as text: the job's settings, then its script verbatim.
+pub fn write_job(out: &mut dyn Write, e: &ScheduleEntry) -> io::Result<()> {
+    let summary = JobSummary::from(e);
+    writeln!(out, "name:     {}", e.job.name)?;
+    writeln!(out, "job:      {}", job_kind(&summary.kind))?;
+    writeln!(out, "trigger:  {}", trigger(&e.trigger))?;
+    writeln!(
+        out,
+        "next run: {}",
+        e.next_run.map_or_else(|| "-".to_owned(), time_secs)
+    )?;
+    writeln!(out, "timeout:  {}", timeout(e.timeout_secs))?;
+    if let JobKind::Script { script, .. } = &e.job.kind {
+        writeln!(out, "script ({} bytes):", script.len())?;
+        out.write_all(script.as_bytes())?;
+        if !script.is_empty() && !script.ends_with('\n') {
+            writeln!(out)?;
         }
     }
     Ok(())

@@ -6,10 +6,11 @@ mod common;
 use std::io::Write;
 
 use common::{client, error_lines, Behaviour, Scripted};
+use protocol::info::InfoSummary;
 use protocol::message::{
-    BuildHeader, ClientRequest, Info, JobKind, JobOutcome, JobSpec, OutputLine, QueueInfo,
-    ResultSummary, Role, RunningBuild, ScheduleEntry, ServerToClient, Timestamp, UploadState,
-    WorkerInfo,
+    BuildHeader, ClientRequest, Info, JobKind, JobOutcome, JobSpec, JobSummary, OutputLine,
+    QueueInfo, ResultSummary, Role, RunningBuild, ScheduleEntry, ServerToClient, Timestamp,
+    UploadState, WorkerInfo,
 };
 use protocol::signal::Signal;
 use protocol::trigger::Trigger;
@@ -319,6 +320,22 @@ fn token_from_file_and_environment() {
     assert_eq!(server.seen().hello.token, None);
 }
 
+/// The sample as the server sends it: in parts (small ones, so there are
+/// several), then the end marker.
+fn info_answer() -> Vec<ServerToClient> {
+    let info = sample_info();
+    let summary = InfoSummary {
+        schedule: info.schedule.iter().map(JobSummary::from).collect(),
+        queues: info.queues,
+        running: info.running,
+        dropped_platforms: info.dropped_platforms,
+        workers: info.workers,
+    };
+    let answer = summary.into_answer(100);
+    assert!(answer.len() > 3, "{answer:?}");
+    answer
+}
+
 fn sample_info() -> Info {
     Info {
         schedule: vec![
@@ -383,10 +400,7 @@ fn sample_info() -> Info {
 
 #[test]
 fn info_json() {
-    let (req, out) = exchange(
-        &["info", "--json"],
-        vec![ServerToClient::Info(sample_info())],
-    );
+    let (req, out) = exchange(&["info", "--json"], info_answer());
     assert_eq!(req, ClientRequest::Info);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -398,6 +412,8 @@ fn info_json() {
     assert_eq!(s[0]["cron"], "0 3 * * *");
     assert_eq!(s[0]["next_run"], "2030-01-02T03:00:00Z");
     assert_eq!(s[0]["timeout_secs"], 600);
+    assert_eq!(s[0]["script_bytes"], 8);
+    assert!(s[0].get("script").is_none(), "info leaves scripts out: {s}");
     assert_eq!(s[1]["kind"], "orb-build");
     assert_eq!(s[1]["opam_package"], "solo5-hvt");
     assert_eq!(s[1]["trigger"], "never");
@@ -413,7 +429,7 @@ fn info_json() {
 
 #[test]
 fn info_text() {
-    let (_, out) = exchange(&["info"], vec![ServerToClient::Info(sample_info())]);
+    let (_, out) = exchange(&["info"], info_answer());
     assert!(out.status.success());
     let text = stdout(&out);
     for needle in [
@@ -432,6 +448,59 @@ fn info_text() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+}
+
+#[test]
+fn info_with_a_part_missing_is_an_error() {
+    let mut answer = info_answer();
+    answer.remove(1);
+    let (_, out) = exchange(&["info"], answer);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: the info answer is incomplete: ")
+            && err.contains("items received, the server announced"),
+        "{err}"
+    );
+}
+
+#[test]
+fn show_prints_the_job_with_its_whole_script() {
+    let entry = sample_info().schedule.remove(0);
+    let (req, out) = exchange(&["show", "job1"], vec![ServerToClient::Job(entry.clone())]);
+    assert_eq!(
+        req,
+        ClientRequest::Show {
+            name: "job1".into()
+        }
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("name:     job1\njob:      script on linux\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("script (8 bytes):\necho hi\n"), "{text}");
+
+    let (_, out) = exchange(
+        &["show", "job1", "--json"],
+        vec![ServerToClient::Job(entry)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "job1");
+    assert_eq!(v["script"], "echo hi\n");
+    assert_eq!(v["script_bytes"], 8);
+    assert_eq!(v["cron"], "0 3 * * *");
+
+    let (_, out) = exchange(
+        &["show", "nope"],
+        vec![ServerToClient::Failure {
+            reason: "no job named nope".into(),
+        }],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "error: no job named nope\n");
 }
 
 fn sample_results() -> Vec<ResultSummary> {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// SQLite failed.
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}")]
     Sqlite {
         /// The database file.
         path: PathBuf,

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use protocol::codec::Connection;
 use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
+use protocol::Chain;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -235,7 +236,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
     });
     if let Err(e) = conn.send(&welcome).await {
-        tracing::debug!(%peer, error = %e, "peer left during hello");
+        tracing::debug!(%peer, error = %Chain(&e), "peer left during hello");
         return;
     }
     let result = match hello.role {
@@ -254,13 +255,15 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<Hello, Str
     let frame = match conn.recv_frame().await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Err("connection closed before hello".into()),
-        Err(e) => return Err(format!("bad first frame: {e}")),
+        Err(e) => return Err(format!("bad first frame: {}", Chain(&e))),
     };
     let hello: Hello = match message::decode(&frame) {
         Ok(hello) => hello,
         Err(e) => {
-            let mut reason =
-                format!("expected a hello for protocol version {PROTOCOL_VERSION}: {e}");
+            let mut reason = format!(
+                "expected a hello for protocol version {PROTOCOL_VERSION}: {}",
+                Chain(&e)
+            );
             if let Some(v) = message::peek_hello_version(&frame).filter(|v| *v != PROTOCOL_VERSION)
             {
                 reason.push_str(&format!(" (the peer may speak protocol version {v})"));

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     ip: IpAddr,
     /// Port to listen on.
-    #[arg(long, default_value_t = 1234)]
+    #[arg(long, default_value_t = protocol::DEFAULT_PORT)]
     port: u16,
     /// State directory (database and build records).
     #[arg(long, default_value = builder_server::default_state_dir())]
@@ -106,15 +106,9 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Reads a token file: the token is its first line, whitespace trimmed.
+/// Reads the token of `flag` (rule: [`protocol::token`]).
 fn read_token(path: &Path, flag: &str) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{flag} {}: cannot read", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
-        anyhow::bail!("{flag} {}: the file holds no token", path.display());
-    }
-    Ok(token)
+    protocol::token::read_token_file(path).with_context(|| flag.to_owned())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

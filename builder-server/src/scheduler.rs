@@ -21,8 +21,14 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How soon due jobs are tried again after a full disk refused them.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
-/// The scheduler task.
+/// The scheduler task, on the wall clock.
 pub async fn run(shared: Arc<Shared>) {
+    run_with_clock(shared, Timestamp::now).await
+}
+
+/// The scheduler task reading the time from `now` (injected by tests, which
+/// pair it with tokio's paused time).
+pub async fn run_with_clock(shared: Arc<Shared>, now: impl Fn() -> Timestamp) {
     loop {
         let changed = shared.schedule_changed.notified();
         tokio::pin!(changed);
@@ -30,7 +36,7 @@ pub async fn run(shared: Arc<Shared>) {
         // (Errors are reported by `Shared::fatal`.) A full disk refuses
         // the change: try again soon, space may be back.
         let mut max_sleep = MAX_SLEEP;
-        match queue_due(&shared, Timestamp::now()) {
+        match queue_due(&shared, now()) {
             Ok(()) => {}
             Err(e) if e.is_disk_full() => max_sleep = DISK_FULL_RETRY,
             Err(_) => return,
@@ -42,7 +48,7 @@ pub async fn run(shared: Arc<Shared>) {
                 return;
             }
         };
-        let sleep = next.map_or(max_sleep, |t| t.since(Timestamp::now()).min(max_sleep));
+        let sleep = next.map_or(max_sleep, |t| t.since(now()).min(max_sleep));
         tokio::select! {
             _ = &mut changed => {}
             _ = tokio::time::sleep(sleep) => {}
@@ -216,5 +222,57 @@ mod tests {
             .unwrap();
         tick(&db, now);
         assert_eq!(next(&db), Some(at(2028, 2, 29, 0, 0)), "next Feb 29");
+    }
+
+    /// A test clock: a fixed start plus tokio's (paused) time since then.
+    fn paused_clock(start: Timestamp) -> impl Fn() -> Timestamp + Clone {
+        let origin = tokio::time::Instant::now();
+        move || start.saturating_add(origin.elapsed())
+    }
+
+    fn queued(db: &Db) -> Vec<String> {
+        db.queues()
+            .unwrap()
+            .into_iter()
+            .flat_map(|q| q.jobs)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cron_job_is_queued_at_its_slot_not_on_a_coarse_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let t0 = at(2025, 1, 1, 3, 0);
+        schedule(&db, Trigger::cron("*/3 * * * * *").unwrap(), t0);
+        let shared = Arc::new(Shared::new(
+            crate::Config::new(dir.path().to_owned()),
+            db,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let clock = paused_clock(t0);
+        let task = tokio::spawn(run_with_clock(shared.clone(), clock.clone()));
+        let origin = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+
+        // Queued at once (next_run is t0), then at every 3-second slot:
+        // 1 ms before a slot nothing is queued, 1 ms after it the job is.
+        tokio::time::sleep_until(origin + ms(1)).await;
+        assert_eq!(queued(&shared.db), ["job"], "queued at once");
+        assert_eq!(run_queued(&shared.db), 1);
+        for slot in 1..=4u64 {
+            tokio::time::sleep_until(origin + ms(3000 * slot - 1)).await;
+            assert!(queued(&shared.db).is_empty(), "before slot {slot}");
+            tokio::time::sleep_until(origin + ms(3000 * slot + 1)).await;
+            assert_eq!(queued(&shared.db), ["job"], "at slot {slot}");
+            assert_eq!(run_queued(&shared.db), 1);
+            assert_eq!(
+                next(&shared.db),
+                Some(t0.saturating_add(Duration::from_secs(3 * (slot + 1)))),
+                "next slot in phase"
+            );
+        }
+        assert_eq!(clock().since(t0), ms(12_001), "the injected clock ran");
+        shared.shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -82,14 +82,15 @@ impl Shared {
     /// or vanished database) stops the server, since it can no longer keep
     /// its promise that acknowledged changes are durable.
     pub fn fatal(&self, error: DbError) -> DbError {
+        let chain = protocol::Chain(&error).to_string();
         if error.is_disk_full() {
-            tracing::error!(error = %error, "disk full: a change to the state was refused");
+            tracing::error!(error = %chain, "disk full: a change to the state was refused");
             return error;
         }
-        tracing::error!(error = %error, "cannot persist state; shutting down");
+        tracing::error!(error = %chain, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
-            *fatal = Some(anyhow::anyhow!("{error}"));
+            *fatal = Some(anyhow::anyhow!(chain));
         }
         self.shutdown.cancel();
         error

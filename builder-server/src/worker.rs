@@ -22,6 +22,7 @@ use protocol::message::{
     BuildHeader, JobAssignment, JobOutcome, ServerToWorker, Timestamp, WorkerMessage,
 };
 use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms};
+use protocol::Chain;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::db::{self, LostFate, NewResult, Running};
@@ -105,7 +106,7 @@ impl Session<'_> {
         self.conn
             .send(&ServerToWorker::Heartbeat)
             .await
-            .map_err(|e| format!("cannot send heartbeat: {e}"))
+            .map_err(|e| format!("cannot send heartbeat: {}", Chain(&e)))
     }
 
     /// Waits for `RequestJob`. `Ok(false)` when the worker left or the server
@@ -223,7 +224,10 @@ impl Session<'_> {
             timeout_secs: job.timeout_secs,
         });
         let end = match self.conn.send(&assignment).await {
-            Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {e}"))),
+            Err(e) => Err(Interrupted::Lost(format!(
+                "cannot send the job: {}",
+                Chain(&e)
+            ))),
             Ok(()) => loop {
                 tokio::select! {
                     msg = self.conn.recv::<WorkerMessage>() => {
@@ -231,7 +235,7 @@ impl Session<'_> {
                         let msg = match msg {
                             Ok(Some(msg)) => msg,
                             Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
-                            Err(e) => break Err(Interrupted::Lost(e.to_string())),
+                            Err(e) => break Err(Interrupted::Lost(Chain(&e).to_string())),
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
@@ -247,13 +251,13 @@ impl Session<'_> {
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
                                 match spool.start(path, len) {
                                     Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| e.to_string()),
+                                    r => r.map_err(|e| Chain(&e).to_string()),
                                 }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
                                 match spool.chunk(&data) {
                                     Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| e.to_string()),
+                                    r => r.map_err(|e| Chain(&e).to_string()),
                                 }
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
@@ -274,7 +278,7 @@ impl Session<'_> {
                     Some(reason) = cancel.recv() => {
                         tracing::info!(%uuid, %reason, "cancelling build");
                         if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
-                            break Err(Interrupted::Lost(format!("cannot send cancel: {e}")));
+                            break Err(Interrupted::Lost(format!("cannot send cancel: {}", Chain(&e))));
                         }
                     }
                     _ = self.shared.shutdown.cancelled() => break Err(Interrupted::Shutdown),
@@ -322,7 +326,7 @@ impl Session<'_> {
         let artifacts = match spool.finish() {
             Ok((dir, artifacts)) => (Some(dir), artifacts),
             Err(e) => {
-                self.give_up(running, &live, &build_dir, e.to_string())
+                self.give_up(running, &live, &build_dir, Chain(&e).to_string())
                     .await?;
                 return Ok(false);
             }
@@ -347,7 +351,7 @@ impl Session<'_> {
             return Ok(false);
         }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
-            tracing::debug!(%uuid, error = %e, "worker left before its build was acknowledged");
+            tracing::debug!(%uuid, error = %Chain(&e), "worker left before its build was acknowledged");
             return Ok(false);
         }
         Ok(true)
@@ -411,7 +415,7 @@ where
                 // the end of the store.
                 let error = match tokio::time::timeout(every, conn.send(&ServerToWorker::Heartbeat)).await {
                     Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => Chain(&e).to_string(),
                     Err(_) => format!("no room to send for {every:?}"),
                 };
                 tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");

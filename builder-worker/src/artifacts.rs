@@ -40,7 +40,7 @@ pub struct Artifact {
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// The directory could not be walked.
-    #[error("cannot list the artifacts in {dir}: {source}")]
+    #[error("cannot list the artifacts in {dir}")]
     List {
         /// The directory that failed.
         dir: PathBuf,
@@ -49,7 +49,7 @@ pub enum ArtifactError {
         source: io::Error,
     },
     /// A file could not be read.
-    #[error("cannot read artifact {path}: {source}")]
+    #[error("cannot read artifact {path}")]
     Read {
         /// The artifact's relative path (lossily decoded).
         path: String,

@@ -110,8 +110,11 @@ pub async fn run(
                 outcome
             }
             Err(e) => {
-                error!(%uuid, "{e}");
-                JobOutcome::Aborted(e.to_string())
+                // The abort message carries the whole chain: the recorded
+                // reason must say why the file could not be read.
+                let reason = protocol::Chain(&e).to_string();
+                error!(%uuid, "{reason}");
+                JobOutcome::Aborted(reason)
             }
         }
     } else {

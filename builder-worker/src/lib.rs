@@ -18,10 +18,10 @@
 
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,9 +33,6 @@ pub mod signals;
 pub mod watchdog;
 
 use session::{Ended, SessionError};
-
-/// The remote used when neither `-r` nor `BUILDER_REMOTE` is given.
-pub const DEFAULT_REMOTE: &str = "127.0.0.1:1234";
 
 /// The first delay before reconnecting in `--loop` mode.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -157,23 +154,6 @@ impl Default for Backoff {
     }
 }
 
-/// Reads a token file: the token is its first line, surrounding whitespace
-/// ignored.
-///
-/// # Errors
-///
-/// The file cannot be read, or holds no token.
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
-    parse_token(&text).with_context(|| format!("token file {} holds no token", path.display()))
-}
-
-fn parse_token(text: &str) -> Option<String> {
-    let token = text.trim_start().lines().next()?.trim();
-    (!token.is_empty()).then(|| token.to_owned())
-}
-
 /// This machine's host name, or `unknown` if it has none.
 pub fn host_name() -> String {
     match nix::unistd::gethostname() {
@@ -196,18 +176,5 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
         b.reset();
         assert_eq!(b.next_delay(), BACKOFF_START);
-    }
-
-    #[test]
-    fn token_is_the_trimmed_first_line() {
-        assert_eq!(parse_token("secret\n").as_deref(), Some("secret"));
-        assert_eq!(
-            parse_token("  secret \t\nother\n").as_deref(),
-            Some("secret")
-        );
-        assert_eq!(parse_token("\n\n  secret\n").as_deref(), Some("secret"));
-        assert_eq!(parse_token("secret").as_deref(), Some("secret"));
-        assert_eq!(parse_token(""), None);
-        assert_eq!(parse_token(" \n\t\n"), None);
     }
 }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use builder_worker::{host_name, read_token_file, Config, DEFAULT_REMOTE};
+use builder_worker::{host_name, Config};
 use clap::Parser;
+use protocol::DEFAULT_REMOTE;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -61,13 +62,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let token = match &cli.token_file {
-        Some(path) => Some(read_token_file(path)?),
-        None => std::env::var("BUILDER_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty()),
-    };
+    let token = protocol::token::load_token(cli.token_file.as_deref())?;
     let config = Config {
         platform: cli.platform,
         remote: cli.remote,

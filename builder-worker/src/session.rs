@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
+use protocol::handshake::{self, HandshakeError, HANDSHAKE_TIMEOUT};
 use protocol::message::{
-    Hello, HelloReply, JobAssignment, JobOutcome, Role, ServerHello, ServerToWorker, Timestamp,
-    WorkerMessage,
+    Hello, JobAssignment, JobOutcome, ServerHello, ServerToWorker, Timestamp, WorkerMessage,
 };
 use protocol::PROTOCOL_VERSION;
 use tokio::net::TcpStream;
@@ -29,9 +29,6 @@ use uuid::Uuid;
 
 use crate::job::{self, JobSettings};
 use crate::{Backoff, Config};
-
-/// How long to wait for the TCP connection and for the server's hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The shortest heartbeat interval the worker accepts from a server.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
@@ -76,48 +73,20 @@ pub(crate) async fn run(
 ) -> Result<Ended, SessionError> {
     let remote = &config.remote;
     debug!(%remote, "connecting");
-    let connect = timeout(
-        HANDSHAKE_TIMEOUT,
-        Connection::connect(remote, DEFAULT_MAX_FRAME),
+    let hello = Hello::worker(
+        &config.platform,
+        &config.host,
+        config.token.clone(),
+        format!("builder-worker {}", env!("CARGO_PKG_VERSION")),
     );
-    let mut conn = tokio::select! {
+    let connect = handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT);
+    let (conn, server) = tokio::select! {
         c = connect => match c {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(anyhow!(e).context(format!("cannot connect to {remote}")).into()),
-            Err(_) => return Err(anyhow!("cannot connect to {remote}: timed out after {HANDSHAKE_TIMEOUT:?}").into()),
+            Ok(welcomed) => welcomed,
+            Err(HandshakeError::Refused { reason }) => return Err(SessionError::Refused(reason)),
+            Err(e) => return Err(anyhow::Error::new(e).into()),
         },
         () = stop.cancelled() => return Ok(Ended::Shutdown),
-    };
-
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Worker {
-            platform: config.platform.clone(),
-            host: config.host.clone(),
-        },
-        token: config.token.clone(),
-        software: format!("builder-worker {}", env!("CARGO_PKG_VERSION")),
-    };
-    let handshake = async {
-        conn.send(&hello)
-            .await
-            .with_context(|| format!("cannot send the hello to {remote}"))?;
-        match conn.recv::<HelloReply>().await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(anyhow!("{remote} closed the connection during the hello")),
-            Err(e) => Err(anyhow!(e).context(format!("bad hello reply from {remote}"))),
-        }
-    };
-    let reply = tokio::select! {
-        r = timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
-            Ok(reply) => reply?,
-            Err(_) => return Err(anyhow!("no hello reply from {remote} within {HANDSHAKE_TIMEOUT:?}").into()),
-        },
-        () = stop.cancelled() => return Ok(Ended::Shutdown),
-    };
-    let server = match reply {
-        HelloReply::Welcome(server) => server,
-        HelloReply::Refused { reason } => return Err(SessionError::Refused(reason)),
     };
     if server.version != PROTOCOL_VERSION {
         warn!(%remote, theirs = server.version, ours = PROTOCOL_VERSION, "server speaks another protocol version");

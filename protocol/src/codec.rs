@@ -54,7 +54,7 @@ pub enum FrameError {
         need: u64,
     },
     /// The socket failed.
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] io::Error),
 }
 

@@ -9,11 +9,22 @@
 //! - [`signal`]: signals as they cross the wire and the reference's portable
 //!   signal numbering.
 //! - [`trigger`]: when a scheduled job runs (periods and cron expressions).
+//! - [`chain`]: an error with its causes on one line, for logs.
+//! - [`token`]: the token file rule shared by server, client and worker.
+//! - [`handshake`]: the connecting side of the hello, and the default
+//!   remote and port.
+//! - [`info`]: the `info` answer cut into parts and put together again.
 
+pub mod chain;
 pub mod codec;
+pub mod handshake;
+pub mod info;
 pub mod message;
 pub mod record;
 pub mod signal;
+pub mod token;
 pub mod trigger;
 
+pub use chain::Chain;
+pub use handshake::{DEFAULT_PORT, DEFAULT_REMOTE};
 pub use message::PROTOCOL_VERSION;

@@ -29,7 +29,13 @@ use crate::signal::Signal;
 use crate::trigger::Trigger;
 
 /// The wire protocol version. Bumped on every message change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: the first version.
+/// - 2: `info` leaves scripts out and is streamed in parts
+///   ([`ServerToClient::InfoPart`] .. [`ServerToClient::InfoEnd`]);
+///   [`ClientRequest::Show`] answers one job with its script
+///   ([`ServerToClient::Job`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A point in time: nanoseconds since the Unix epoch, UTC.
 ///
@@ -239,11 +245,32 @@ impl JobOutcome {
 impl fmt::Display for JobOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobOutcome::Exited(code) => write!(f, "exited with {code}"),
-            JobOutcome::Signalled(sig) => write!(f, "killed by {}", sig.name()),
-            JobOutcome::Stopped(sig) => write!(f, "stopped by {}", sig.name()),
-            JobOutcome::Aborted(msg) => write!(f, "aborted: {msg}"),
+            JobOutcome::Exited(code) => write_outcome(f, OutcomeText::Exited(code)),
+            JobOutcome::Signalled(sig) => write_outcome(f, OutcomeText::Signalled(sig)),
+            JobOutcome::Stopped(sig) => write_outcome(f, OutcomeText::Stopped(sig)),
+            JobOutcome::Aborted(msg) => write_outcome(f, OutcomeText::Aborted(msg)),
         }
+    }
+}
+
+/// The parts of an outcome's text, so that [`JobOutcome`] and the build
+/// record's `ExecResult` (whose exit code is wider) share one wording.
+pub(crate) enum OutcomeText<'a> {
+    Exited(&'a dyn fmt::Display),
+    Signalled(&'a dyn fmt::Display),
+    Stopped(&'a dyn fmt::Display),
+    Aborted(&'a dyn fmt::Display),
+}
+
+/// The one wording of how a build ended, shown by every program:
+/// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
+/// (the reference client's words).
+pub(crate) fn write_outcome(f: &mut fmt::Formatter<'_>, o: OutcomeText<'_>) -> fmt::Result {
+    match o {
+        OutcomeText::Exited(code) => write!(f, "exited {code}"),
+        OutcomeText::Signalled(sig) => write!(f, "killed by {sig}"),
+        OutcomeText::Stopped(sig) => write!(f, "stopped by {sig}"),
+        OutcomeText::Aborted(msg) => write!(f, "aborted: {msg}"),
     }
 }
 
@@ -401,6 +428,12 @@ pub enum ClientRequest {
         /// At most this many.
         limit: u32,
     },
+    /// One scheduled job with its script (since version 2); answered with
+    /// [`ServerToClient::Job`].
+    Show {
+        /// The job's name.
+        name: String,
+    },
 }
 
 /// From the server to a client.
@@ -416,7 +449,10 @@ pub enum ServerToClient {
         /// One line saying why.
         reason: String,
     },
-    /// The answer to [`ClientRequest::Info`].
+    /// Protocol version 1's answer to [`ClientRequest::Info`], which held
+    /// every script and could outgrow the frame limit. Never sent since
+    /// version 2 ([`ServerToClient::InfoPart`] instead); kept so that the
+    /// variants after it keep their indices.
     Info(Info),
     /// The answer to [`ClientRequest::Results`].
     Results(Vec<ResultSummary>),
@@ -437,6 +473,87 @@ pub enum ServerToClient {
         /// How it ended.
         outcome: JobOutcome,
     },
+    /// Part of the answer to [`ClientRequest::Info`] (since version 2): the
+    /// answer is a sequence of parts, each within the frame limit, ended by
+    /// [`ServerToClient::InfoEnd`]. See [`crate::info`] for how parts are
+    /// cut and put together again.
+    InfoPart(Vec<InfoItem>),
+    /// The last message of an `info` answer.
+    InfoEnd {
+        /// How many items the parts held, so a client can tell the answer
+        /// is complete.
+        items: u64,
+    },
+    /// The answer to [`ClientRequest::Show`]: the job with its script.
+    Job(ScheduleEntry),
+}
+
+/// One item of an `info` answer (since version 2).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum InfoItem {
+    /// A scheduled job, without its script. Jobs come in name order.
+    Job(JobSummary),
+    /// A platform's queue, or a piece of it: consecutive items of one
+    /// platform continue its queue, front first.
+    Queue(QueueInfo),
+    /// A build being run.
+    Running(RunningBuild),
+    /// A platform that refuses work.
+    DroppedPlatform(String),
+    /// A connected worker.
+    Worker(WorkerInfo),
+}
+
+/// A scheduled job as `info` lists it: everything but the script.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job's name.
+    pub name: String,
+    /// What it runs.
+    pub kind: JobSummaryKind,
+    /// When it runs again.
+    pub trigger: Trigger,
+    /// Its next run; `None` for `never` after its first run.
+    pub next_run: Option<Timestamp>,
+    /// Its timeout, if it has its own.
+    pub timeout_secs: Option<u64>,
+}
+
+/// What a listed job runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum JobSummaryKind {
+    /// A shell script for one platform (`show NAME` prints it).
+    Script {
+        /// The platform whose workers run it.
+        platform: String,
+        /// The script's size in bytes.
+        script_bytes: u64,
+    },
+    /// An opam package built with orb.
+    Orb {
+        /// The opam package name.
+        opam_package: String,
+    },
+}
+
+impl From<&ScheduleEntry> for JobSummary {
+    fn from(e: &ScheduleEntry) -> JobSummary {
+        JobSummary {
+            name: e.job.name.clone(),
+            kind: match &e.job.kind {
+                JobKind::Script { platform, script } => JobSummaryKind::Script {
+                    platform: platform.clone(),
+                    script_bytes: script.len() as u64,
+                },
+                JobKind::Orb { opam_package } => JobSummaryKind::Orb {
+                    opam_package: opam_package.clone(),
+                },
+            },
+            trigger: e.trigger.clone(),
+            next_run: e.next_run,
+            timeout_secs: e.timeout_secs,
+        }
+    }
 }
 
 /// Which build an observer is watching.
@@ -452,7 +569,7 @@ pub struct BuildHeader {
     pub started: Timestamp,
 }
 
-/// The answer to `info`.
+/// Protocol version 1's answer to `info` (see [`ServerToClient::Info`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Info {
     /// Every scheduled job, by name.
@@ -467,7 +584,8 @@ pub struct Info {
     pub workers: Vec<WorkerInfo>,
 }
 
-/// A job in the schedule.
+/// A job in the schedule, with its script (the answer to
+/// [`ClientRequest::Show`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleEntry {
     /// The job.
@@ -562,7 +680,7 @@ pub enum UploadState {
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
     /// The payload is not a valid message of the expected type.
-    #[error("malformed message: {0}")]
+    #[error("malformed message")]
     Decode(#[from] bincode::error::DecodeError),
     /// The payload holds a message followed by garbage.
     #[error("malformed message: {extra} trailing bytes after the message")]
@@ -571,7 +689,7 @@ pub enum MessageError {
         extra: usize,
     },
     /// The message could not be encoded.
-    #[error("cannot encode message: {0}")]
+    #[error("cannot encode message")]
     Encode(#[from] bincode::error::EncodeError),
 }
 
@@ -621,4 +739,30 @@ pub fn peek_hello_version(payload: &[u8]) -> Option<u32> {
     bincode::decode_from_slice::<u32, _>(payload, config())
         .ok()
         .map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ExecResult;
+
+    #[test]
+    fn outcome_text_is_the_same_everywhere() {
+        let cases = [
+            (JobOutcome::Exited(0), "exited 0"),
+            (JobOutcome::Exited(-3), "exited -3"),
+            (JobOutcome::Signalled(Signal::Kill), "killed by SIGKILL"),
+            (JobOutcome::Stopped(Signal::Stop), "stopped by SIGSTOP"),
+            (JobOutcome::Aborted("timeout".into()), "aborted: timeout"),
+        ];
+        for (outcome, text) in cases {
+            assert_eq!(outcome.to_string(), text);
+            assert_eq!(ExecResult::from(&outcome).to_string(), text);
+        }
+        // The record's wider exit codes are shown exactly.
+        assert_eq!(
+            ExecResult::Exited(1 << 40).to_string(),
+            "exited 1099511627776"
+        );
+    }
 }

@@ -206,7 +206,17 @@ impl FromStr for Trigger {
 
 /// Parses `expr` (already trimmed) into the `cron` schedules whose earliest
 /// next time is the expression's next time.
+/// The longest cron expression accepted, in bytes: far beyond any real one,
+/// and it keeps every `info` item small.
+pub const MAX_CRON_LEN: usize = 256;
+
 fn compile(expr: &str) -> Result<Vec<cron::Schedule>, TriggerError> {
+    if expr.len() > MAX_CRON_LEN {
+        return Err(TriggerError::InvalidCron {
+            expr: format!("{}...", expr.chars().take(32).collect::<String>()),
+            reason: format!("longer than {MAX_CRON_LEN} bytes"),
+        });
+    }
     let invalid = |reason: String| TriggerError::InvalidCron {
         expr: expr.to_string(),
         reason,

@@ -253,6 +253,12 @@ fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 limit: 20,
             },
         ),
+        (
+            "show",
+            ClientRequest::Show {
+                name: "hello".into(),
+            },
+        ),
     ]
 }
 
@@ -345,6 +351,58 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
                 outcome: JobOutcome::Signalled(Signal::Term),
             },
         ),
+        (
+            "info-part",
+            ServerToClient::InfoPart(vec![
+                InfoItem::Job(JobSummary {
+                    name: "hello".into(),
+                    kind: JobSummaryKind::Script {
+                        platform: "linux".into(),
+                        script_bytes: 11,
+                    },
+                    trigger: Trigger::Hourly,
+                    next_run: Some(Timestamp(7)),
+                    timeout_secs: None,
+                }),
+                InfoItem::Job(JobSummary {
+                    name: "solo5".into(),
+                    kind: JobSummaryKind::Orb {
+                        opam_package: "solo5-hvt".into(),
+                    },
+                    trigger: Trigger::Cron("0 3 * * *".into()),
+                    next_run: None,
+                    timeout_secs: Some(600),
+                }),
+                InfoItem::Queue(QueueInfo {
+                    platform: "linux".into(),
+                    jobs: vec!["hello".into()],
+                }),
+                InfoItem::Running(RunningBuild {
+                    uuid: UUID,
+                    job: "hello".into(),
+                    platform: "linux".into(),
+                    started: Timestamp(5),
+                    worker: "build1 (127.0.0.1:4000)".into(),
+                }),
+                InfoItem::DroppedPlatform("old".into()),
+                InfoItem::Worker(WorkerInfo {
+                    platform: "linux".into(),
+                    host: "build1".into(),
+                    peer: "127.0.0.1:4000".into(),
+                    running: Some(UUID),
+                }),
+            ]),
+        ),
+        ("info-end", ServerToClient::InfoEnd { items: 6 }),
+        (
+            "show-job",
+            ServerToClient::Job(ScheduleEntry {
+                job: script_job(),
+                trigger: Trigger::Daily,
+                next_run: Some(Timestamp(7)),
+                timeout_secs: Some(600),
+            }),
+        ),
     ]
 }
 
@@ -414,22 +472,92 @@ fn every_message_round_trips_and_matches_its_checked_in_frame() {
     check(server_to_client());
 }
 
+/// Decodes `payload` fully as the message type whose samples include
+/// `name`, and encodes the result again; `None` if no sample has that name.
+fn decode_as(name: &str, payload: &[u8]) -> Option<Result<Vec<u8>, MessageError>> {
+    fn again<T: Serialize + DeserializeOwned>(
+        samples: Vec<(&str, T)>,
+        name: &str,
+        payload: &[u8],
+    ) -> Option<Result<Vec<u8>, MessageError>> {
+        samples.iter().any(|(n, _)| *n == name).then(|| {
+            let msg: T = decode(payload)?;
+            encode(&msg)
+        })
+    }
+    again(hellos(), name, payload)
+        .or_else(|| again(hello_replies(), name, payload))
+        .or_else(|| again(worker_messages(), name, payload))
+        .or_else(|| again(server_to_worker(), name, payload))
+        .or_else(|| again(client_requests(), name, payload))
+        .or_else(|| again(server_to_client(), name, payload))
+}
+
 #[test]
 fn every_checked_in_frame_of_every_version_still_decodes() {
-    // Frames of older versions stay in the directory; each must still be a
-    // well-formed frame (decoding old payloads as current types is the
-    // compatibility promise only for the hello's version field).
-    let mut count = 0;
+    // Frames of older versions stay in the directory. Variants are only
+    // appended and fields never change, so each old frame must decode fully
+    // (no trailing bytes) as today's type of the same name and encode back
+    // to the very same bytes. A name no sample has any more fails too: a
+    // message type must not disappear.
+    let mut versions = std::collections::BTreeMap::<u32, usize>::new();
     for entry in std::fs::read_dir(frames_dir()).expect("tests/frames is checked in") {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let (version, name) = file
+            .strip_prefix('v')
+            .and_then(|f| f.strip_suffix(".bin"))
+            .and_then(|f| f.split_once('-'))
+            .unwrap_or_else(|| panic!("{file}: not v<version>-<name>.bin"));
+        let version: u32 = version.parse().unwrap();
+        assert!(version <= PROTOCOL_VERSION, "{file}: from the future");
+        let bytes = std::fs::read(&path).unwrap();
         let mut buf = BytesMut::from(&bytes[..]);
         let payload = FrameCodec::default().decode_eof(&mut buf).unwrap().unwrap();
-        assert!(buf.is_empty());
-        assert!(!payload.is_empty() || bytes.len() == 8);
-        count += 1;
+        assert!(buf.is_empty(), "{file}: bytes after the frame");
+        let again = decode_as(name, &payload)
+            .unwrap_or_else(|| panic!("{file}: no message type has a sample named {name}"))
+            .unwrap_or_else(|e| panic!("{file}: does not decode: {e}"));
+        assert_eq!(again, &payload[..], "{file}: re-encodes differently");
+        *versions.entry(version).or_default() += 1;
     }
-    assert!(count >= 40, "only {count} sample frames");
-    // A hello of any version names its version first.
+    // Every version's samples are kept, the current one's complete.
+    let current = [
+        hellos().len(),
+        hello_replies().len(),
+        worker_messages().len(),
+        server_to_worker().len(),
+        client_requests().len(),
+        server_to_client().len(),
+    ]
+    .iter()
+    .sum::<usize>();
+    let mut names: Vec<&str> = hellos().iter().map(|(n, _)| *n).collect();
+    names.extend(hello_replies().iter().map(|(n, _)| *n));
+    names.extend(worker_messages().iter().map(|(n, _)| *n));
+    names.extend(server_to_worker().iter().map(|(n, _)| *n));
+    names.extend(client_requests().iter().map(|(n, _)| *n));
+    names.extend(server_to_client().iter().map(|(n, _)| *n));
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), current, "sample names must be unique");
+    assert_eq!(
+        versions.get(&PROTOCOL_VERSION),
+        Some(&current),
+        "{versions:?}"
+    );
+    assert!(versions.get(&1).is_some_and(|n| *n >= 40), "{versions:?}");
+}
+
+#[test]
+fn an_old_hello_names_its_version_first() {
+    // The server reads the version of a hello it cannot otherwise decode.
+    for file in ["v1-hello-client.bin", "v1-hello-worker.bin"] {
+        let bytes = std::fs::read(frames_dir().join(file)).unwrap();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let payload = FrameCodec::default().decode_eof(&mut buf).unwrap().unwrap();
+        assert_eq!(peek_hello_version(&payload), Some(1), "{file}");
+    }
     for (_, hello) in hellos() {
         let payload = encode(&hello).unwrap();
         assert_eq!(peek_hello_version(&payload), Some(PROTOCOL_VERSION));

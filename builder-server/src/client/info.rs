@@ -1,14 +1,19 @@
-//! `info`: schedule, queues, running builds, dropped platforms, workers.
+//! `info`: schedule (without scripts), queues, running builds, dropped
+//! platforms, workers; streamed in parts that each fit the frame limit.
+//! `show NAME`: one job with its script.
 
 use std::sync::Arc;
 
-use protocol::message::{Info, QueueInfo};
+use protocol::info::{InfoSummary, INFO_PART_BYTES};
+use protocol::message::{JobSummary, QueueInfo, ServerToClient};
 
 use crate::db::DbError;
 use crate::state::Shared;
 
-/// The server's state as `info` shows it.
-pub fn info(shared: &Arc<Shared>) -> Result<Info, DbError> {
+/// The server's state as `info` shows it, as the messages of the answer:
+/// parts of at most [`INFO_PART_BYTES`] (or the frame limit, if smaller),
+/// then the end marker.
+pub fn info(shared: &Arc<Shared>) -> Result<Vec<ServerToClient>, DbError> {
     let workers = shared.workers.list();
     let mut queues = shared.db.queues()?;
     // A platform with workers but nothing queued still gets a (empty) line.
@@ -21,11 +26,23 @@ pub fn info(shared: &Arc<Shared>) -> Result<Info, DbError> {
         }
     }
     queues.sort_by(|a, b| a.platform.cmp(&b.platform));
-    Ok(Info {
-        schedule: shared.db.jobs()?,
+    let summary = InfoSummary {
+        schedule: shared.db.jobs()?.iter().map(JobSummary::from).collect(),
         queues,
         running: shared.db.running_info()?,
         dropped_platforms: shared.db.dropped_platforms()?,
         workers,
+    };
+    let budget = INFO_PART_BYTES.min(shared.config.max_frame);
+    Ok(summary.into_answer(budget))
+}
+
+/// One job with its script, or why not.
+pub fn show(shared: &Arc<Shared>, name: &str) -> Result<ServerToClient, DbError> {
+    Ok(match shared.db.job(name)? {
+        Some(entry) => ServerToClient::Job(entry),
+        None => ServerToClient::Failure {
+            reason: format!("no job named {name}"),
+        },
     })
 }

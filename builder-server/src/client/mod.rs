@@ -31,7 +31,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             Ok(Some(request)) => request,
             Ok(None) => return Ok(()),
             Err(e) => {
-                let reason = format!("bad request: {e}");
+                let reason = format!("bad request: {}", protocol::Chain(&e));
                 let _ = conn
                     .send(&ServerToClient::Failure {
                         reason: reason.clone(),
@@ -61,7 +61,15 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 reply(platform::undrop(shared, &platform))
             }
             ClientRequest::Cancel { uuid } => reply(Ok(cancel::cancel(shared, uuid))),
-            ClientRequest::Info => info::info(shared).map(ServerToClient::Info),
+            ClientRequest::Info => {
+                let parts = info::info(shared).map_err(|e| shared.fatal(e))?;
+                for part in &parts {
+                    conn.feed(part).await?;
+                }
+                conn.flush().await?;
+                continue;
+            }
+            ClientRequest::Show { name } => info::show(shared, &name),
             ClientRequest::Results { job, limit } => {
                 results::results(shared, job.as_deref(), limit).map(ServerToClient::Results)
             }

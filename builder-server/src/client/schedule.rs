@@ -86,6 +86,7 @@ fn check(
             // The name is pasted into a shell script: keep it to opam's
             // package name characters.
             let valid = !opam_package.is_empty()
+                && opam_package.len() <= 255
                 && opam_package
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_+.".contains(&b));

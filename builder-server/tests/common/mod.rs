@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
-use protocol::message::{
-    ClientRequest, Hello, HelloReply, Info, Role, ServerToClient, PROTOCOL_VERSION,
-};
+use protocol::handshake;
+use protocol::info::InfoSummary;
+use protocol::message::{ClientRequest, Hello, ScheduleEntry, ServerToClient};
 use protocol::record::Exec;
 
 /// How long any wait in these tests may take before it fails.
@@ -174,10 +174,48 @@ impl Server {
         })
     }
 
-    /// The server's `info`.
-    pub fn info(&self) -> Info {
-        match self.request(ClientRequest::Info) {
-            ServerToClient::Info(info) => info,
+    /// The server's `info`, put together from its parts.
+    pub fn info(&self) -> InfoSummary {
+        self.info_parts(DEFAULT_MAX_FRAME).0
+    }
+
+    /// The server's `info`, read with a frame limit of `max_frame`; also
+    /// returns how many parts it came in.
+    pub fn info_parts(&self, max_frame: usize) -> (InfoSummary, usize) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hello = Hello::client(None, "test");
+            let (mut conn, _) =
+                handshake::connect(&self.addr, &hello, max_frame, handshake::HANDSHAKE_TIMEOUT)
+                    .await
+                    .unwrap();
+            conn.send(&ClientRequest::Info).await.unwrap();
+            let mut info = InfoSummary::default();
+            let (mut parts, mut received) = (0, 0);
+            loop {
+                match conn.recv().await.unwrap().expect("an answer") {
+                    ServerToClient::InfoPart(items) => {
+                        parts += 1;
+                        received += items.len() as u64;
+                        items.into_iter().for_each(|i| info.push(i));
+                    }
+                    ServerToClient::InfoEnd { items } => {
+                        InfoSummary::check_count(received, items).unwrap();
+                        return (info, parts);
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+        })
+    }
+
+    /// One job with its script (`show`).
+    pub fn show(&self, name: &str) -> ScheduleEntry {
+        match self.request(ClientRequest::Show { name: name.into() }) {
+            ServerToClient::Job(entry) => entry,
             other => panic!("unexpected answer {other:?}"),
         }
     }
@@ -208,19 +246,16 @@ impl Server {
 
 /// A client connection after a successful hello.
 pub async fn client_conn(addr: &str) -> Connection {
-    let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME).await.unwrap();
-    conn.send(&Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Client,
-        token: None,
-        software: "test".into(),
-    })
+    let hello = Hello::client(None, "test");
+    handshake::connect(
+        addr,
+        &hello,
+        DEFAULT_MAX_FRAME,
+        handshake::HANDSHAKE_TIMEOUT,
+    )
     .await
-    .unwrap();
-    match conn.recv::<HelloReply>().await.unwrap() {
-        Some(HelloReply::Welcome(_)) => conn,
-        other => panic!("hello refused: {other:?}"),
-    }
+    .unwrap()
+    .0
 }
 
 /// Writes an executable script file and returns its path.

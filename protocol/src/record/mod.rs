@@ -50,7 +50,7 @@ use std::io;
 
 use chrono::{DateTime, Utc};
 
-use crate::message::JobOutcome;
+use crate::message::{write_outcome, JobOutcome, OutcomeText};
 use crate::signal::Signal;
 
 pub use der::{INT_MAX, INT_MIN};
@@ -196,10 +196,14 @@ impl From<&ExecResult> for JobOutcome {
 impl fmt::Display for ExecResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExecResult::Exited(code) => write!(f, "exited with {code}"),
-            ExecResult::Signalled(n) => write!(f, "killed by {}", Signal::from_portable(*n)),
-            ExecResult::Stopped(n) => write!(f, "stopped by {}", Signal::from_portable(*n)),
-            ExecResult::Msg(msg) => write!(f, "aborted: {}", lossy(msg)),
+            ExecResult::Exited(code) => write_outcome(f, OutcomeText::Exited(code)),
+            ExecResult::Signalled(n) => {
+                write_outcome(f, OutcomeText::Signalled(&Signal::from_portable(*n)))
+            }
+            ExecResult::Stopped(n) => {
+                write_outcome(f, OutcomeText::Stopped(&Signal::from_portable(*n)))
+            }
+            ExecResult::Msg(msg) => write_outcome(f, OutcomeText::Aborted(&lossy(msg))),
         }
     }
 }
