@@ -40,9 +40,9 @@
 //! must be non-empty and free of NUL, anything else (`..`, absolute) is
 //! accepted as the reference accepts it.
 
-mod der;
-mod read;
-mod write;
+pub(crate) mod der;
+pub(crate) mod read;
+pub(crate) mod write;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -340,7 +340,7 @@ impl Exec {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The input ends before the record does.
-    #[error("record truncated: input ends at byte {offset} while reading {context}")]
+    #[error("truncated: input ends at byte {offset} while reading {context}")]
     Truncated {
         /// Where the input ended (or the read that found the end began).
         offset: u64,
