@@ -60,6 +60,7 @@ pub mod state;
 
 use chrono::{DateTime, Utc};
 
+use crate::message::{JobKind, JobSpec};
 use crate::record::der::{self, Node};
 use crate::record::read::Parser;
 use crate::record::write::job_node;
@@ -180,6 +181,64 @@ impl Job {
             Job::Orb(job) => &job.name,
         }
     }
+}
+
+impl From<&JobSpec> for Job {
+    /// How a job of this project looks to the reference's peers.
+    fn from(spec: &JobSpec) -> Job {
+        match &spec.kind {
+            JobKind::Script { platform, script } => Job::Script(ScriptJob::new(
+                spec.name.as_bytes(),
+                script.as_bytes(),
+                Some(platform.as_bytes().to_vec()),
+            )),
+            JobKind::Orb { opam_package } => Job::Orb(OrbJob {
+                name: spec.name.as_bytes().to_vec(),
+                opam_package: opam_package.as_bytes().to_vec(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<&Job> for JobSpec {
+    type Error = NotUtf8;
+
+    /// A reference job as this project schedules it. A script job without a
+    /// platform gets the reference's default, `no-platform`.
+    ///
+    /// # Errors
+    ///
+    /// [`NotUtf8`] naming the field that is not UTF-8 (the reference never
+    /// checks, this project's jobs are text).
+    fn try_from(job: &Job) -> Result<JobSpec, NotUtf8> {
+        let text = |field, value: &[u8]| {
+            String::from_utf8(value.to_vec()).map_err(|_| NotUtf8 {
+                field,
+                value: value.to_vec(),
+            })
+        };
+        let name = text("name", job.name())?;
+        let kind = match job {
+            Job::Script(job) => JobKind::Script {
+                platform: text("platform", job.platform_or_default())?,
+                script: text("script", &job.script)?,
+            },
+            Job::Orb(job) => JobKind::Orb {
+                opam_package: text("opam package", &job.opam_package)?,
+            },
+        };
+        Ok(JobSpec { name, kind })
+    }
+}
+
+/// A field of a reference job that is not UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {field} is not UTF-8: \"{}\"", crate::record::escape_bytes(value))]
+pub struct NotUtf8 {
+    /// Which field.
+    pub field: &'static str,
+    /// Its bytes.
+    pub value: Vec<u8>,
 }
 
 /// A time as the reference's commands and state file carry it, with the
@@ -475,6 +534,36 @@ mod tests {
         // The native form with a year: no run after 2023, so none left.
         assert_eq!(nearest("0 0 0 1 1 * 2023"), Period::Never);
         assert_eq!(Period::nearest(&Trigger::Weekly, now), Period::Weekly);
+    }
+
+    #[test]
+    fn jobs_convert_to_and_from_this_projects_jobs() {
+        for kind in [
+            JobKind::Script {
+                platform: "linux".into(),
+                script: "echo\n".into(),
+            },
+            JobKind::Orb {
+                opam_package: "pkg".into(),
+            },
+        ] {
+            let spec = JobSpec {
+                name: "j".into(),
+                kind,
+            };
+            assert_eq!(JobSpec::try_from(&Job::from(&spec)), Ok(spec));
+        }
+        let no_platform = Job::Script(ScriptJob::new("j", "true", None));
+        assert_eq!(
+            JobSpec::try_from(&no_platform).unwrap().kind,
+            JobKind::Script {
+                platform: "no-platform".into(),
+                script: "true".into()
+            }
+        );
+        let binary = Job::Script(ScriptJob::new("j", b"\xff".to_vec(), None));
+        let err = JobSpec::try_from(&binary).unwrap_err();
+        assert_eq!(err.to_string(), "job script is not UTF-8: \"\\xff\"");
     }
 
     #[test]
