@@ -27,7 +27,10 @@
 //! it: `der` holds the one implementation of headers, lengths, INTEGER and
 //! times; `write` lays the record out for both [`Exec::encode`] and
 //! [`write_record`]; `read` is the one parser behind [`Exec::decode`] and
-//! [`read_record`], which are therefore equally strict.
+//! [`read_record`], which are therefore equally strict. The reference's wire
+//! commands and state file ([`crate::legacy`]) are the same kind of DER with
+//! the same job, result and artifact list: they are read with the same
+//! parser and written with the same `der::Node` writer, not a second codec.
 //!
 //! # Decoding rules (as established by the fixtures)
 //!
