@@ -6,6 +6,9 @@
 //!   receiver-side size limit.
 //! - [`record`]: the DER `exec` build record (`full` files and the builder-web
 //!   upload body), byte-compatible with the reference implementation.
+//! - [`legacy`]: the reference implementation's DER wire commands and
+//!   `state` file, for serving its workers and clients and importing its
+//!   state during a migration.
 //! - [`signal`]: signals as they cross the wire and the reference's portable
 //!   signal numbering.
 //! - [`trigger`]: when a scheduled job runs (periods and cron expressions).
@@ -19,6 +22,7 @@ pub mod chain;
 pub mod codec;
 pub mod handshake;
 pub mod info;
+pub mod legacy;
 pub mod message;
 pub mod record;
 pub mod signal;

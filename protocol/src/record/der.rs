@@ -1,22 +1,26 @@
-//! The DER primitives the build record needs, written once and shared by
-//! [`Exec::encode`](super::Exec::encode), [`write_record`](super::write_record)
-//! and the reader: identifier octets, definite minimal lengths, INTEGER and
-//! the two time types.
+//! The DER primitives the build record and the reference's commands and state
+//! file need, written once and shared by
+//! [`Exec::encode`](super::Exec::encode), [`write_record`](super::write_record),
+//! the reader and [`crate::legacy`]: identifier octets, definite minimal
+//! lengths, INTEGER, the two time types, and [`Node`], a tree of elements to
+//! write whose lengths are computed once.
 
+use std::convert::Infallible;
 use std::ops::Deref;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Timelike, Utc};
 
 use super::TimeForm;
 
-pub(super) const INTEGER: u8 = 0x02;
-pub(super) const UTF8_STRING: u8 = 0x0c;
-pub(super) const SEQUENCE: u8 = 0x30;
-pub(super) const UTC_TIME: u8 = 0x17;
-pub(super) const GENERALIZED_TIME: u8 = 0x18;
+pub(crate) const INTEGER: u8 = 0x02;
+pub(crate) const NULL: u8 = 0x05;
+pub(crate) const UTF8_STRING: u8 = 0x0c;
+pub(crate) const SEQUENCE: u8 = 0x30;
+pub(crate) const UTC_TIME: u8 = 0x17;
+pub(crate) const GENERALIZED_TIME: u8 = 0x18;
 
 /// The identifier octet of `[n] EXPLICIT` (context class, constructed).
-pub(super) const fn context(n: u8) -> u8 {
+pub(crate) const fn context(n: u8) -> u8 {
     0xa0 | n
 }
 
@@ -27,7 +31,7 @@ pub const INT_MAX: i64 = (1 << 62) - 1;
 
 /// A few bytes on the stack: a header, an INTEGER's content or a time.
 #[derive(Clone, Copy)]
-pub(super) struct Small {
+pub(crate) struct Small {
     buf: [u8; 24],
     len: usize,
 }
@@ -57,7 +61,7 @@ impl Small {
         }
     }
 
-    pub(super) fn len_u64(&self) -> u64 {
+    pub(crate) fn len_u64(&self) -> u64 {
         self.len as u64
     }
 }
@@ -67,6 +71,107 @@ impl Deref for Small {
 
     fn deref(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+}
+
+/// One DER element to write. Building the tree computes every length once;
+/// string contents are borrowed, so nesting copies nothing before
+/// [`Node::emit`] writes the bytes out in order.
+pub(crate) enum Node<'a> {
+    /// A primitive element whose content is borrowed.
+    Bytes { tag: u8, content: &'a [u8] },
+    /// A primitive element with a short content (INTEGER, time, NULL).
+    Small { tag: u8, content: Small },
+    /// A constructed element and its content's length.
+    Constructed {
+        tag: u8,
+        children: Vec<Node<'a>>,
+        len: u64,
+    },
+}
+
+impl<'a> Node<'a> {
+    /// A UTF8String holding any bytes.
+    pub(crate) fn string(content: &'a [u8]) -> Node<'a> {
+        Node::Bytes {
+            tag: UTF8_STRING,
+            content,
+        }
+    }
+
+    /// An INTEGER (clamped into the reference's range, see [`int_content`]).
+    pub(crate) fn integer(value: i64) -> Node<'a> {
+        Node::Small {
+            tag: INTEGER,
+            content: int_content(value),
+        }
+    }
+
+    /// NULL.
+    pub(crate) fn null() -> Node<'a> {
+        Node::Small {
+            tag: NULL,
+            content: Small::new(),
+        }
+    }
+
+    /// A time in the given form (see [`time_content`]).
+    pub(crate) fn time(time: &DateTime<Utc>, form: TimeForm) -> Node<'a> {
+        let (tag, content) = time_content(time, form);
+        Node::Small { tag, content }
+    }
+
+    /// A constructed element with identifier `tag`.
+    pub(crate) fn constructed(tag: u8, children: Vec<Node<'a>>) -> Node<'a> {
+        let len = children.iter().map(Node::encoded_len).sum();
+        Node::Constructed { tag, children, len }
+    }
+
+    /// A SEQUENCE (or SEQUENCE OF).
+    pub(crate) fn sequence(children: Vec<Node<'a>>) -> Node<'a> {
+        Node::constructed(SEQUENCE, children)
+    }
+
+    /// `[n] EXPLICIT inner`.
+    pub(crate) fn explicit(n: u8, inner: Node<'a>) -> Node<'a> {
+        Node::constructed(context(n), vec![inner])
+    }
+
+    fn tag_and_len(&self) -> (u8, u64) {
+        match self {
+            Node::Bytes { tag, content } => (*tag, content.len() as u64),
+            Node::Small { tag, content } => (*tag, content.len_u64()),
+            Node::Constructed { tag, len, .. } => (*tag, *len),
+        }
+    }
+
+    /// Bytes the element takes, header included.
+    pub(crate) fn encoded_len(&self) -> u64 {
+        tlv_len(self.tag_and_len().1)
+    }
+
+    /// Hands the encoding to `put`, in order, in pieces.
+    pub(crate) fn emit<E>(&self, put: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let (tag, len) = self.tag_and_len();
+        put(&header(tag, len))?;
+        match self {
+            Node::Bytes { content, .. } => put(content),
+            Node::Small { content, .. } => put(content),
+            Node::Constructed { children, .. } => {
+                children.iter().try_for_each(|child| child.emit(&mut *put))
+            }
+        }
+    }
+
+    /// The encoding in one buffer.
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(usize::try_from(self.encoded_len()).unwrap_or(0));
+        self.emit(&mut |bytes| {
+            out.extend_from_slice(bytes);
+            Ok::<(), Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        out
     }
 }
 
@@ -81,12 +186,12 @@ fn length_len(len: u64) -> u64 {
 
 /// Bytes taken by an element whose content is `content` bytes long (all tags
 /// of this schema fit in one identifier octet).
-pub(super) fn tlv_len(content: u64) -> u64 {
+pub(crate) fn tlv_len(content: u64) -> u64 {
     1 + length_len(content) + content
 }
 
 /// The identifier octet and the definite, minimal length of an element.
-pub(super) fn header(tag: u8, len: u64) -> Small {
+pub(crate) fn header(tag: u8, len: u64) -> Small {
     let mut out = Small::new();
     out.push(tag);
     if len < 0x80 {
@@ -102,7 +207,7 @@ pub(super) fn header(tag: u8, len: u64) -> Small {
 /// The content octets of an INTEGER: minimal two's complement. Values outside
 /// the reference's range ([`INT_MIN`]..=[`INT_MAX`]) are clamped to it, so
 /// every record written stays readable by the reference and by this crate.
-pub(super) fn int_content(value: i64) -> Small {
+pub(crate) fn int_content(value: i64) -> Small {
     let bytes = value.clamp(INT_MIN, INT_MAX).to_be_bytes();
     let mut start = 0;
     while start < 7 && redundant(bytes[start], bytes[start + 1]) {
@@ -121,7 +226,7 @@ fn redundant(first: u8, next: u8) -> bool {
 
 /// Reads the content octets of an INTEGER as the reference does: minimal two's
 /// complement, at most 8 bytes, within OCaml's 63-bit `int`.
-pub(super) fn parse_int(content: &[u8]) -> Result<i64, &'static str> {
+pub(crate) fn parse_int(content: &[u8]) -> Result<i64, &'static str> {
     match content {
         [] => return Err("no content octets"),
         [first, next, ..] if redundant(*first, *next) => {
@@ -160,7 +265,7 @@ fn time_bounds() -> (DateTime<Utc>, DateTime<Utc>) {
 /// no sub-second part), GeneralizedTime otherwise. Times outside years
 /// 0000..=9999 are clamped into them; a leap second (which chrono can carry
 /// and the reference cannot) is written as the last millisecond before it.
-pub(super) fn time_content(time: &DateTime<Utc>, form: TimeForm) -> (u8, Small) {
+pub(crate) fn time_content(time: &DateTime<Utc>, form: TimeForm) -> (u8, Small) {
     let (first, last) = time_bounds();
     let time = (*time).clamp(first, last);
     let nanos = time.nanosecond().min(999_999_999);
@@ -236,7 +341,7 @@ impl Text<'_> {
 /// Anything else is refused, as are impossible dates and results outside
 /// years 0000..=9999. Returns the time and the form that re-encodes these
 /// bytes when they are in a form this crate writes.
-pub(super) fn parse_time(tag: u8, content: &[u8]) -> Option<(DateTime<Utc>, TimeForm)> {
+pub(crate) fn parse_time(tag: u8, content: &[u8]) -> Option<(DateTime<Utc>, TimeForm)> {
     let mut text = Text {
         bytes: content,
         pos: 0,

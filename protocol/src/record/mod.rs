@@ -27,7 +27,10 @@
 //! it: `der` holds the one implementation of headers, lengths, INTEGER and
 //! times; `write` lays the record out for both [`Exec::encode`] and
 //! [`write_record`]; `read` is the one parser behind [`Exec::decode`] and
-//! [`read_record`], which are therefore equally strict.
+//! [`read_record`], which are therefore equally strict. The reference's wire
+//! commands and state file ([`crate::legacy`]) are the same kind of DER with
+//! the same job, result and artifact list: they are read with the same
+//! parser and written with the same `der::Node` writer, not a second codec.
 //!
 //! # Decoding rules (as established by the fixtures)
 //!
@@ -40,9 +43,9 @@
 //! must be non-empty and free of NUL, anything else (`..`, absolute) is
 //! accepted as the reference accepts it.
 
-mod der;
-mod read;
-mod write;
+pub(crate) mod der;
+pub(crate) mod read;
+pub(crate) mod write;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -344,7 +347,7 @@ impl Exec {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The input ends before the record does.
-    #[error("record truncated: input ends at byte {offset} while reading {context}")]
+    #[error("truncated: input ends at byte {offset} while reading {context}")]
     Truncated {
         /// Where the input ended (or the read that found the end began).
         offset: u64,

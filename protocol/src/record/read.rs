@@ -151,14 +151,7 @@ pub fn read_console_lines<R: Read>(
 }
 
 pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
-    let mut parser = Parser {
-        input: bytes,
-        pos: 0,
-        input_len: Some(bytes.len() as u64),
-        budget: u64::MAX,
-        limit: u64::MAX,
-        index: None,
-    };
+    let mut parser = Parser::over_slice(bytes);
     let mut output = Vec::new();
     let head = parser.record(&mut |path, len, body| {
         // `len` was checked against the input's size: this allocation is
@@ -176,10 +169,12 @@ pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
 
 type Callback<'c> = dyn FnMut(&[u8], u64, &mut dyn Read) -> io::Result<()> + 'c;
 
-struct Parser<R> {
+/// The DER reader: the build record's parser, and the element readers the
+/// reference's commands and state file (`crate::legacy`) are parsed with.
+pub(crate) struct Parser<R> {
     input: R,
     /// Bytes consumed so far.
-    pos: u64,
+    pub(crate) pos: u64,
     /// The input's size when known (decoding a slice): declared lengths are
     /// checked against it before anything is allocated.
     input_len: Option<u64>,
@@ -188,6 +183,32 @@ struct Parser<R> {
     limit: u64,
     /// Set by [`index_record`]: console lines are located, not kept.
     index: Option<ConsoleIndex>,
+}
+
+impl<'a> Parser<&'a [u8]> {
+    /// A parser over a whole value in memory: every declared length is checked
+    /// against the slice before anything is allocated, and nothing is kept
+    /// beyond what the slice holds.
+    pub(crate) fn over_slice(bytes: &'a [u8]) -> Parser<&'a [u8]> {
+        Parser {
+            input: bytes,
+            pos: 0,
+            input_len: Some(bytes.len() as u64),
+            budget: u64::MAX,
+            limit: u64::MAX,
+            index: None,
+        }
+    }
+
+    /// The end offset of the whole input.
+    pub(crate) fn input_end(&self) -> u64 {
+        self.input_len.unwrap_or(u64::MAX)
+    }
+
+    /// The next identifier octet, if any, without consuming it.
+    pub(crate) fn peek_tag(&self) -> Option<u8> {
+        self.input.first().copied()
+    }
 }
 
 impl<R: Read> Parser<R> {
@@ -226,20 +247,11 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    fn job(&mut self, end: u64) -> Result<ScriptJob, RecordError> {
+    pub(crate) fn job(&mut self, end: u64) -> Result<ScriptJob, RecordError> {
         let (_, job_end) = self.element(der::SEQUENCE, "SEQUENCE (job)", end)?;
         let name = self.string(job_end, "UTF8String (job name)")?.1;
         let script = self.string(job_end, "UTF8String (job script)")?.1;
-        let (_, files_end) = self.element(der::SEQUENCE, "SEQUENCE OF (job files)", job_end)?;
-        let mut files = Vec::new();
-        while self.pos < files_end {
-            let (at, item_end) = self.element(der::SEQUENCE, "SEQUENCE (job file)", files_end)?;
-            self.charge(size_of::<Artifact>() as u64, at, "the job's files")?;
-            let path = self.path(item_end, "UTF8String (job file path)")?;
-            let data = self.string(item_end, "UTF8String (job file data)")?.1;
-            self.finish(item_end, "a job file")?;
-            files.push(Artifact { path, data });
-        }
+        let files = self.artifacts(job_end, "SEQUENCE OF (job files)")?;
         let platform = if self.pos < job_end {
             Some(self.string(job_end, "UTF8String (job platform)")?.1)
         } else {
@@ -254,7 +266,7 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    fn uuid(&mut self, end: u64) -> Result<[u8; 16], RecordError> {
+    pub(crate) fn uuid(&mut self, end: u64) -> Result<[u8; 16], RecordError> {
         let (at, uuid_end) = self.element(der::UTF8_STRING, "UTF8String (uuid)", end)?;
         let len = uuid_end - self.pos;
         if len < 16 {
@@ -313,7 +325,7 @@ impl<R: Read> Parser<R> {
         Ok((started, finished, forms))
     }
 
-    fn time(
+    pub(crate) fn time(
         &mut self,
         end: u64,
         expected: &'static str,
@@ -347,7 +359,7 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    fn result(&mut self, end: u64) -> Result<ExecResult, RecordError> {
+    pub(crate) fn result(&mut self, end: u64) -> Result<ExecResult, RecordError> {
         let (at, tag) = self.tag_within(end, "the result")?;
         if !(der::context(0)..=der::context(3)).contains(&tag) {
             return Err(RecordError::UnexpectedTag {
@@ -380,6 +392,34 @@ impl<R: Read> Parser<R> {
             self.finish(item_end, "an artifact")?;
         }
         Ok(())
+    }
+
+    /// A `SEQUENCE OF SEQUENCE { path UTF8String, data UTF8String }` held in
+    /// memory: the job's `files` of a record and the artifacts of the
+    /// reference's `job_finished` command. Paths are checked as artifact paths.
+    pub(crate) fn artifacts(
+        &mut self,
+        end: u64,
+        expected: &'static str,
+    ) -> Result<Vec<Artifact>, RecordError> {
+        let (_, list_end) = self.element(der::SEQUENCE, expected, end)?;
+        let mut list = Vec::new();
+        while self.pos < list_end {
+            let (at, item_end) =
+                self.element(der::SEQUENCE, "SEQUENCE (path and data)", list_end)?;
+            self.charge(size_of::<Artifact>() as u64, at, expected)?;
+            let path = self.path(item_end, "UTF8String (path)")?;
+            let data = self.string(item_end, "UTF8String (data)")?.1;
+            self.finish(item_end, "a path and its data")?;
+            list.push(Artifact { path, data });
+        }
+        Ok(list)
+    }
+
+    /// A NULL, which must have no content.
+    pub(crate) fn null(&mut self, end: u64, expected: &'static str) -> Result<(), RecordError> {
+        let (_, null_end) = self.element(der::NULL, expected, end)?;
+        self.finish(null_end, "NULL")
     }
 
     /// Hands `len` bytes of artifact content to the callback, then skips what
@@ -429,7 +469,7 @@ impl<R: Read> Parser<R> {
         }
     }
 
-    fn no_trailing_bytes(&mut self) -> Result<(), RecordError> {
+    pub(crate) fn no_trailing_bytes(&mut self) -> Result<(), RecordError> {
         if let Some(len) = self.input_len {
             return if self.pos < len {
                 Err(RecordError::TrailingBytes { offset: self.pos })
@@ -455,7 +495,7 @@ impl<R: Read> Parser<R> {
 
     /// An element with identifier `tag`: returns the identifier's offset and
     /// the content's end, checked to lie within `end`.
-    fn element(
+    pub(crate) fn element(
         &mut self,
         tag: u8,
         expected: &'static str,
@@ -473,7 +513,11 @@ impl<R: Read> Parser<R> {
     }
 
     /// A UTF8String, kept in memory (and charged to the budget).
-    fn string(&mut self, end: u64, expected: &'static str) -> Result<(u64, Vec<u8>), RecordError> {
+    pub(crate) fn string(
+        &mut self,
+        end: u64,
+        expected: &'static str,
+    ) -> Result<(u64, Vec<u8>), RecordError> {
         let (at, string_end) = self.element(der::UTF8_STRING, expected, end)?;
         let len = string_end - self.pos;
         self.charge(len, at, expected)?;
@@ -481,7 +525,11 @@ impl<R: Read> Parser<R> {
     }
 
     /// A path: a UTF8String that is not empty and has no NUL.
-    fn path(&mut self, end: u64, expected: &'static str) -> Result<Vec<u8>, RecordError> {
+    pub(crate) fn path(
+        &mut self,
+        end: u64,
+        expected: &'static str,
+    ) -> Result<Vec<u8>, RecordError> {
         let (at, path) = self.string(end, expected)?;
         if path.is_empty() || path.contains(&0) {
             return Err(RecordError::Path {
@@ -492,7 +540,7 @@ impl<R: Read> Parser<R> {
         Ok(path)
     }
 
-    fn integer(&mut self, end: u64, expected: &'static str) -> Result<i64, RecordError> {
+    pub(crate) fn integer(&mut self, end: u64, expected: &'static str) -> Result<i64, RecordError> {
         let (at, int_end) = self.element(der::INTEGER, expected, end)?;
         let len = int_end - self.pos;
         let invalid = |reason| RecordError::Integer { offset: at, reason };
@@ -505,7 +553,7 @@ impl<R: Read> Parser<R> {
     }
 
     /// Fails unless the element ending at `end` has been read completely.
-    fn finish(&mut self, end: u64, context: &'static str) -> Result<(), RecordError> {
+    pub(crate) fn finish(&mut self, end: u64, context: &'static str) -> Result<(), RecordError> {
         if self.pos == end {
             Ok(())
         } else {
@@ -519,7 +567,11 @@ impl<R: Read> Parser<R> {
     // --- octets ---
 
     /// An identifier octet that must lie within the element ending at `end`.
-    fn tag_within(&mut self, end: u64, expected: &'static str) -> Result<(u64, u8), RecordError> {
+    pub(crate) fn tag_within(
+        &mut self,
+        end: u64,
+        expected: &'static str,
+    ) -> Result<(u64, u8), RecordError> {
         if self.pos >= end {
             return Err(RecordError::Missing {
                 offset: self.pos,
@@ -538,7 +590,7 @@ impl<R: Read> Parser<R> {
 
     /// Definite, minimal length octets; returns the content's end offset,
     /// which must not pass `end`.
-    fn length(&mut self, end: u64) -> Result<u64, RecordError> {
+    pub(crate) fn length(&mut self, end: u64) -> Result<u64, RecordError> {
         let at = self.pos;
         let bad = |reason| RecordError::Length { offset: at, reason };
         let mut first = [0; 1];

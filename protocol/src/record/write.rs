@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-use super::der::{self, header, int_content, time_content, tlv_len, Small};
+use super::der::{self, header, int_content, time_content, tlv_len, Node, Small};
 use super::{Artifact, ConsoleLine, Exec, ExecResult, RecordHead, ScriptJob, TimeForms};
 use chrono::{DateTime, Utc};
 
@@ -228,11 +228,10 @@ struct Layout<'a> {
     artifacts: &'a [(&'a [u8], u64)],
     started: (u8, Small),
     finished: (u8, Small),
-    job: u64,
-    files: u64,
+    job: Node<'a>,
     console: u64,
     timestamps: u64,
-    result: u64,
+    result: Node<'a>,
     output: u64,
     record: u64,
 }
@@ -249,39 +248,21 @@ fn line_len(line: &ConsoleLine) -> u64 {
 
 impl<'a> Layout<'a> {
     fn new(head: HeadRef<'a>, artifacts: &'a [(&'a [u8], u64)]) -> Layout<'a> {
-        let files = head
-            .job
-            .files
-            .iter()
-            .map(|f| tlv_len(pair_len(f.path.len() as u64, f.data.len() as u64)))
-            .sum();
-        let job = tlv_len(head.job.name.len() as u64)
-            + tlv_len(head.job.script.len() as u64)
-            + tlv_len(files)
-            + head
-                .job
-                .platform
-                .as_ref()
-                .map_or(0, |p| tlv_len(p.len() as u64));
+        let job = job_node(head.job);
         let console = head.console.iter().map(|l| tlv_len(line_len(l))).sum();
         let started = time_content(head.started, head.time_forms.started);
         let finished = time_content(head.finished, head.time_forms.finished);
         let timestamps = tlv_len(started.1.len_u64()) + tlv_len(finished.1.len_u64());
-        let result = match head.result {
-            ExecResult::Exited(n) | ExecResult::Signalled(n) | ExecResult::Stopped(n) => {
-                tlv_len(int_content(*n).len_u64())
-            }
-            ExecResult::Msg(msg) => tlv_len(msg.len() as u64),
-        };
+        let result = result_node(head.result);
         let output = artifacts
             .iter()
             .map(|(path, len)| tlv_len(pair_len(path.len() as u64, *len)))
             .sum();
-        let record = tlv_len(job)
+        let record = job.encoded_len()
             + tlv_len(16)
             + tlv_len(console)
             + tlv_len(timestamps)
-            + tlv_len(result)
+            + result.encoded_len()
             + tlv_len(output);
         Layout {
             head,
@@ -289,7 +270,6 @@ impl<'a> Layout<'a> {
             started,
             finished,
             job,
-            files,
             console,
             timestamps,
             result,
@@ -308,21 +288,7 @@ impl<'a> Layout<'a> {
         sink.put(&header(der::context(0), tlv_len(self.record)))?;
         sink.put(&header(der::SEQUENCE, self.record))?;
 
-        sink.put(&header(der::SEQUENCE, self.job))?;
-        string(sink, &head.job.name)?;
-        string(sink, &head.job.script)?;
-        sink.put(&header(der::SEQUENCE, self.files))?;
-        for file in &head.job.files {
-            sink.put(&header(
-                der::SEQUENCE,
-                pair_len(file.path.len() as u64, file.data.len() as u64),
-            ))?;
-            string(sink, &file.path)?;
-            string(sink, &file.data)?;
-        }
-        if let Some(platform) = &head.job.platform {
-            string(sink, platform)?;
-        }
+        self.job.emit(&mut |bytes| sink.put(bytes))?;
 
         string(sink, head.uuid)?;
 
@@ -339,19 +305,7 @@ impl<'a> Layout<'a> {
             sink.put(content)?;
         }
 
-        let choice = match head.result {
-            ExecResult::Exited(_) => 0,
-            ExecResult::Signalled(_) => 1,
-            ExecResult::Stopped(_) => 2,
-            ExecResult::Msg(_) => 3,
-        };
-        sink.put(&header(der::context(choice), self.result))?;
-        match head.result {
-            ExecResult::Exited(n) | ExecResult::Signalled(n) | ExecResult::Stopped(n) => {
-                integer(sink, *n)?
-            }
-            ExecResult::Msg(msg) => string(sink, msg)?,
-        }
+        self.result.emit(&mut |bytes| sink.put(bytes))?;
 
         sink.put(&header(der::SEQUENCE, self.output))?;
         for (index, (path, len)) in self.artifacts.iter().enumerate() {
@@ -361,6 +315,41 @@ impl<'a> Layout<'a> {
             sink.body(index, *len)?;
         }
         Ok(self.total())
+    }
+}
+
+/// `ScriptJob ::= SEQUENCE { name, script, files, platform OPTIONAL }`, as
+/// the record and the reference's commands and state file write it.
+pub(crate) fn job_node(job: &ScriptJob) -> Node<'_> {
+    let mut fields = vec![
+        Node::string(&job.name),
+        Node::string(&job.script),
+        artifacts_node(&job.files),
+    ];
+    if let Some(platform) = &job.platform {
+        fields.push(Node::string(platform));
+    }
+    Node::sequence(fields)
+}
+
+/// `SEQUENCE OF SEQUENCE { path UTF8String, data UTF8String }`: a job's files,
+/// and the artifacts of the reference's `job_finished` command.
+pub(crate) fn artifacts_node(artifacts: &[Artifact]) -> Node<'_> {
+    Node::sequence(
+        artifacts
+            .iter()
+            .map(|a| Node::sequence(vec![Node::string(&a.path), Node::string(&a.data)]))
+            .collect(),
+    )
+}
+
+/// `Result ::= CHOICE { [0] INTEGER, [1] INTEGER, [2] INTEGER, [3] UTF8String }`.
+pub(crate) fn result_node(result: &ExecResult) -> Node<'_> {
+    match result {
+        ExecResult::Exited(n) => Node::explicit(0, Node::integer(*n)),
+        ExecResult::Signalled(n) => Node::explicit(1, Node::integer(*n)),
+        ExecResult::Stopped(n) => Node::explicit(2, Node::integer(*n)),
+        ExecResult::Msg(msg) => Node::explicit(3, Node::string(msg)),
     }
 }
 
