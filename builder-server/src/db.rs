@@ -200,6 +200,28 @@ pub enum LostFate {
     Unknown,
 }
 
+/// The reference server's state, converted: what [`Db::import`] writes.
+#[derive(Debug, Clone, Default)]
+pub struct Import {
+    /// Schedule entries.
+    pub jobs: Vec<ScheduleEntry>,
+    /// Queue entries, each queue front first.
+    pub queued: Vec<QueuedJob>,
+    /// Dropped platforms.
+    pub dropped: Vec<String>,
+}
+
+/// What [`Db::import`] added (entries already present are not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Imported {
+    /// Schedule entries.
+    pub jobs: usize,
+    /// Queue entries.
+    pub queued: usize,
+    /// Dropped platforms.
+    pub dropped: usize,
+}
+
 /// How many lost workers in a row make a build aborted instead of requeued.
 pub const MAX_LOST: u32 = 3;
 
@@ -506,6 +528,56 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// Imports a reference server's state in one transaction: jobs whose
+    /// name is taken, queue entries already queued and platforms already
+    /// dropped are left as they are, so importing twice adds nothing. Queue
+    /// entries of dropped platforms are skipped. Unless `force`, refuses a
+    /// database that already holds jobs: `Ok(Err(count))`.
+    pub fn import(&self, import: &Import, force: bool) -> Result<Result<Imported, u64>, DbError> {
+        self.write(|tx| {
+            let existing: i64 = tx
+                .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if existing > 0 && !force {
+                return Ok(Err(existing as u64));
+            }
+            let mut done = Imported::default();
+            for entry in &import.jobs {
+                let (kind, platform, script, package) = job_columns(&entry.job.kind);
+                done.jobs += tx
+                    .execute(
+                        "INSERT OR IGNORE INTO jobs (name, kind, platform, script, opam_package, trigger, next_run, timeout_secs)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            entry.job.name,
+                            kind,
+                            platform,
+                            script,
+                            package,
+                            trigger_to_text(&entry.trigger),
+                            entry.next_run.map(|t| t.0),
+                            entry.timeout_secs.map(|t| t as i64),
+                        ],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
+            for platform in &import.dropped {
+                done.dropped += tx
+                    .execute(
+                        "INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?1)",
+                        [platform],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
+            for q in &import.queued {
+                if self.enqueue_tx(tx, &q.platform, &q.job, &q.script, q.timeout_secs, false)? {
+                    done.queued += 1;
+                }
+            }
+            Ok(Ok(done))
+        })
+    }
+
     /// Every platform's queue, front first; platforms in name order.
     pub fn queues(&self) -> Result<Vec<QueueInfo>, DbError> {
         let conn = self.lock();
@@ -661,6 +733,24 @@ impl Db {
                 worker: r.worker,
             })
             .collect())
+    }
+
+    /// Every queued job with its script, platforms in name order, each
+    /// queue front first (what a reference client's `info` shows).
+    pub fn queue_entries(&self) -> Result<Vec<QueuedJob>, DbError> {
+        self.query_all(
+            "SELECT job, platform, script, timeout_secs, lost FROM queue ORDER BY platform, position",
+            [],
+            |r| {
+                Ok(QueuedJob {
+                    job: r.get(0)?,
+                    platform: r.get(1)?,
+                    script: r.get(2)?,
+                    timeout_secs: r.get::<_, i64>(3)? as u64,
+                    lost: r.get::<_, i64>(4)? as u32,
+                })
+            },
+        )
     }
 
     // -- platforms ----------------------------------------------------------

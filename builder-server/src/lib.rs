@@ -14,10 +14,13 @@
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
+//! - [`legacy`]: the reference's (OCaml builder's) workers and clients on
+//!   the same port, and `--import-state`.
 
 pub mod client;
 pub mod db;
 pub mod layout;
+pub mod legacy;
 pub mod live;
 pub mod scheduler;
 pub mod state;
@@ -67,6 +70,9 @@ pub struct Config {
     pub worker_token: Option<String>,
     /// Where and how to deliver records, if anywhere.
     pub upload: Option<upload::UploadConfig>,
+    /// Networks from which the reference's peers, which cannot send a
+    /// token, are accepted when a token is required (see [`legacy`]).
+    pub legacy_peers: Vec<legacy::peers::Cidr>,
 }
 
 impl Config {
@@ -83,6 +89,7 @@ impl Config {
             client_token: None,
             worker_token: None,
             upload: None,
+            legacy_peers: Vec::new(),
         }
     }
 }
@@ -214,7 +221,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
     };
     let peer = conn.peer().to_owned();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&shared, &mut conn)).await {
-        Ok(Ok(hello)) => hello,
+        Ok(Ok(First::Hello(hello))) => hello,
+        Ok(Ok(First::Reference(frame))) => return legacy::serve(&shared, conn, &frame).await,
         Ok(Err(reason)) => {
             tracing::warn!(%peer, %reason, "refused connection");
             let _ = conn.send(&HelloReply::Refused { reason }).await;
@@ -250,13 +258,24 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
+/// A connection's first frame.
+enum First {
+    /// This project's hello, checked.
+    Hello(Hello),
+    /// A reference peer's command, for [`legacy::serve`].
+    Reference(bytes::BytesMut),
+}
+
 /// Reads and checks the hello; `Err` carries the reason sent back.
-async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<Hello, String> {
+async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<First, String> {
     let frame = match conn.recv_frame().await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Err("connection closed before hello".into()),
         Err(e) => return Err(format!("bad first frame: {}", Chain(&e))),
     };
+    if protocol::legacy::dialect(&frame) == protocol::legacy::Dialect::Reference {
+        return Ok(First::Reference(frame));
+    }
     let hello: Hello = match message::decode(&frame) {
         Ok(hello) => hello,
         Err(e) => {
@@ -301,7 +320,7 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<Hello, Str
             Err(e) => return Err(shared.fatal(e).to_string()),
         }
     }
-    Ok(hello)
+    Ok(First::Hello(hello))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

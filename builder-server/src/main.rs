@@ -1,4 +1,5 @@
 //! `builder-server [--ip IP] [--port PORT] [--dir DIR] [--config-dir DIR] [--upload URL] ...`
+//! `builder-server --dir DIR --import-state FILE [--force]`
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -71,6 +72,20 @@ struct Args {
     /// File holding the token workers must present.
     #[arg(long)]
     worker_token_file: Option<PathBuf>,
+    /// Accept the OCaml builder's workers and clients, which cannot send a
+    /// token, from these networks even when tokens are required
+    /// (comma-separated, e.g. 127.0.0.0/8,172.17.0.0/16). Without tokens
+    /// they are accepted from anywhere.
+    #[arg(long, value_name = "CIDR,...")]
+    legacy_peers: Option<String>,
+    /// Import the OCaml builder server's `state` file into --dir, print a
+    /// summary and exit (does not serve).
+    #[arg(long, value_name = "FILE")]
+    import_state: Option<PathBuf>,
+    /// With --import-state: import into a state directory that already
+    /// holds jobs (nothing already there is duplicated).
+    #[arg(long, requires = "import_state")]
+    force: bool,
     /// Allow listening on a non-loopback address without tokens.
     #[arg(long)]
     insecure: bool,
@@ -112,6 +127,24 @@ fn read_token(path: &Path, flag: &str) -> anyhow::Result<String> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(file) = &args.import_state {
+        if args.job_timeout == 0 {
+            anyhow::bail!("--job-timeout must be positive");
+        }
+        let summary = builder_server::legacy::import::import_state(
+            &args.dir,
+            &args.config_dir,
+            file,
+            args.force,
+            args.job_timeout,
+        )?;
+        println!("{summary}");
+        return Ok(());
+    }
+    let legacy_peers = match &args.legacy_peers {
+        Some(text) => builder_server::legacy::peers::parse_list(text).context("--legacy-peers")?,
+        None => Vec::new(),
+    };
     let client_token = args
         .client_token_file
         .as_deref()
@@ -169,6 +202,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         client_token,
         worker_token,
         upload,
+        legacy_peers,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -151,25 +151,10 @@ impl Session<'_> {
                 let _ = self.conn.send(&ServerToWorker::Failure { reason }).await;
                 return Ok(None);
             }
-            let claimed = {
-                let shared = Arc::clone(self.shared);
-                let (platform, name) = (self.platform.to_owned(), self.name.clone());
-                // A commit: off the async threads.
-                tokio::task::spawn_blocking(move || {
-                    shared
-                        .db
-                        .claim(&platform, &name, Timestamp::now())
-                        .map_err(|e| shared.fatal(e))
-                })
-                .await
-                .context("job claim panicked")?
-            };
-            // The disk is full: no build can start; look again later.
-            let retry = match claimed {
+            let retry = match claim(self.shared, self.platform, &self.name).await? {
                 Ok(Some(running)) => return Ok(Some(running)),
                 Ok(None) => None,
-                Err(e) if e.is_disk_full() => Some(Instant::now() + self.shared.config.heartbeat),
-                Err(e) => return Err(e.into()),
+                Err(retry) => Some(retry),
             };
             loop {
                 tokio::select! {
@@ -437,9 +422,35 @@ fn kind(msg: &WorkerMessage) -> &'static str {
     }
 }
 
+/// Claims the head of `platform`'s queue for `worker` (of either
+/// protocol). `Ok(Err(when))` when the disk is full: no build can start,
+/// look again at `when`. Fails when the state database is broken.
+pub(crate) async fn claim(
+    shared: &Arc<Shared>,
+    platform: &str,
+    worker: &str,
+) -> anyhow::Result<Result<Option<Running>, Instant>> {
+    let blocking = Arc::clone(shared);
+    let (platform, worker) = (platform.to_owned(), worker.to_owned());
+    // A commit: off the async threads.
+    let claimed = tokio::task::spawn_blocking(move || {
+        blocking
+            .db
+            .claim(&platform, &worker, Timestamp::now())
+            .map_err(|e| blocking.fatal(e))
+    })
+    .await
+    .context("job claim panicked")?;
+    match claimed {
+        Ok(running) => Ok(Ok(running)),
+        Err(e) if e.is_disk_full() => Ok(Err(Instant::now() + shared.config.heartbeat)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The build's worker is gone: requeue it, or record it as aborted when it
 /// lost too many workers in a row. Observers get an end whatever happens.
-async fn build_lost(
+pub(crate) async fn build_lost(
     shared: &Arc<Shared>,
     running: Running,
     live: &Arc<LiveBuild>,

@@ -202,6 +202,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
+    /// Sends one frame of raw payload, flushing it (for peers of another
+    /// encoding, such as the reference's DER commands).
+    pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        self.framed.send(payload).await
+    }
+
     /// Encodes and queues one message without flushing; call
     /// [`Connection::flush`] after a batch.
     pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {

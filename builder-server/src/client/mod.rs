@@ -1,12 +1,12 @@
 //! A client's connection: one module per request.
 
 mod cancel;
-mod execute;
-mod info;
-mod observe;
-mod platform;
+pub(crate) mod execute;
+pub(crate) mod info;
+pub(crate) mod observe;
+pub(crate) mod platform;
 mod results;
-mod schedule;
+pub(crate) mod schedule;
 
 use std::sync::Arc;
 
@@ -85,14 +85,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
-                // Told to the client either way; only a full disk leaves
-                // the server (and this connection) serving.
-                let e = shared.fatal(e);
-                let reason = if e.is_disk_full() {
-                    format!("disk full: the server cannot save the change; free space in its state directory and try again ({e})")
-                } else {
-                    format!("the server cannot persist its state and is stopping ({e})")
-                };
+                let (e, reason) = persist_failure(shared, e);
                 conn.send(&ServerToClient::Failure { reason }).await?;
                 if e.is_disk_full() {
                     continue;
@@ -102,6 +95,20 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         };
         conn.send(&answer).await?;
     }
+}
+
+/// A change the state database refused: the error (now the server's, see
+/// [`Shared::fatal`]) and what the client is told. Told to the client
+/// either way; only a full disk leaves the server (and the connection)
+/// serving.
+pub(crate) fn persist_failure(shared: &Shared, e: DbError) -> (DbError, String) {
+    let e = shared.fatal(e);
+    let reason = if e.is_disk_full() {
+        format!("disk full: the server cannot save the change; free space in its state directory and try again ({e})")
+    } else {
+        format!("the server cannot persist its state and is stopping ({e})")
+    };
+    (e, reason)
 }
 
 fn reply(r: Result<Reply, DbError>) -> Result<ServerToClient, DbError> {

@@ -17,13 +17,32 @@ use uuid::Uuid;
 use crate::live::{LiveBuild, LiveEvent, Subscription};
 use crate::state::Shared;
 
+/// Where an observer's messages go: this project's client connection, or
+/// a reference client (`crate::legacy::client`), which shows the same
+/// stream in its own commands. One observing logic serves both.
+pub trait ObserveSink {
+    /// Sends one message of the observe stream (`ObserveStart`, `Console`,
+    /// `Dropped`, `ObserveEnd`, or `Failure`).
+    fn send(
+        &mut self,
+        msg: &ServerToClient,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl ObserveSink for Connection {
+    async fn send(&mut self, msg: &ServerToClient) -> anyhow::Result<()> {
+        Connection::send(self, msg).await?;
+        Ok(())
+    }
+}
+
 /// Lines per console message when replaying.
 const BATCH: u64 = 1024;
 
 /// Streams one build to the client.
 pub async fn observe(
     shared: &Arc<Shared>,
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     uuid: Uuid,
 ) -> anyhow::Result<()> {
     if let Some(live) = shared.live.get(uuid) {
@@ -63,7 +82,7 @@ pub async fn observe(
 /// Streams the newest build (running or finished) matching the filters.
 pub async fn observe_latest(
     shared: &Arc<Shared>,
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     platform: Option<&str>,
     job: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -90,7 +109,7 @@ pub async fn observe_latest(
 
 async fn follow(
     shared: &Arc<Shared>,
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     live: &LiveBuild,
 ) -> anyhow::Result<()> {
     let mut sub = live.subscribe();
@@ -164,7 +183,7 @@ async fn follow(
 /// lines before were sent from memory).
 async fn from_record(
     shared: &Arc<Shared>,
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     sub: &mut Subscription,
     from: u64,
     started: bool,
@@ -207,7 +226,7 @@ async fn from_record(
 /// (one offset per [`BATCH`] lines), then read back a batch at a time from
 /// the oldest: memory stays small whatever the console's size.
 async fn replay(
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     uuid: Uuid,
     path: PathBuf,
     from: u64,
@@ -278,7 +297,7 @@ async fn replay(
 
 /// Tells the observer the record cannot be read, and fails.
 async fn unreadable(
-    conn: &mut Connection,
+    conn: &mut impl ObserveSink,
     uuid: Uuid,
     path: &str,
     error: anyhow::Error,

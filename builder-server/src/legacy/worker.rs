@@ -1,0 +1,271 @@
+//! The reference's worker protocol 5: after the hello, `job_requested
+//! PLATFORM`; the server answers with `job_schedule` once that platform's
+//! queue has a job; the worker sends `output` (or `output_timestamped`)
+//! lines and ends with `job_finished`, its artifacts inline. One job per
+//! connection: the reference's worker connects again for the next.
+//!
+//! The build goes through the same path as a new worker's
+//! ([`crate::worker`]): the queue's claim, the live build and its
+//! observers, the artifact spool, [`end_build`] (record, result index,
+//! upload) and [`build_lost`] (requeue at the front).
+//!
+//! Liveness: a reference worker sends no heartbeat. As in the reference, it
+//! is lost when its connection closes (the build is requeued), and a build
+//! that outlives its job timeout ends there: it is recorded as aborted
+//! (`timeout after N s`) and the connection is closed. A `cancel` from a new
+//! client, which the reference's worker cannot receive, ends the build the
+//! same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::codec::Connection;
+use protocol::legacy::{Artifact, Command, ScriptJob};
+use protocol::message::{BuildHeader, JobOutcome, OutputLine, Timestamp};
+use protocol::Chain;
+use tokio::time::Instant;
+
+use super::{recv, send};
+use crate::db::Running;
+use crate::live::LiveBuild;
+use crate::state::Shared;
+use crate::store::{self, ArtifactSpool};
+use crate::templates::valid_platform;
+use crate::worker::{build_lost, claim, end_build};
+
+/// How a reference worker shows in `info` and logs.
+const HOST: &str = "OCaml builder-worker";
+
+/// Serves one reference worker connection: one job.
+pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
+    let request = tokio::select! {
+        request = recv(conn) => request?,
+        _ = shared.shutdown.cancelled() => return Ok(()),
+    };
+    let platform = match request {
+        Some(Command::JobRequested { platform }) => platform,
+        Some(other) => anyhow::bail!("expected job_requested, got {}", other.name()),
+        None => return Ok(()),
+    };
+    let platform = match String::from_utf8(platform) {
+        Ok(p) if valid_platform(&p) => p,
+        Ok(p) => anyhow::bail!("invalid platform name {p:?}"),
+        Err(e) => anyhow::bail!(
+            "invalid platform name \"{}\"",
+            protocol::record::lossy(e.as_bytes())
+        ),
+    };
+    let id = shared.workers.register(&platform, HOST, conn.peer());
+    shared.templates.warn_missing(&platform);
+    let name = format!("{HOST} ({})", conn.peer());
+    tracing::info!(%platform, peer = conn.peer(), "reference worker requests a job");
+    let result = match wait_for_job(shared, conn, &platform, &name).await {
+        Ok(Some(running)) => run_build(shared, conn, id, running, &name).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    shared.workers.unregister(id);
+    result
+}
+
+/// Claims the head of the platform's queue, waiting for one. While the
+/// platform is dropped the worker waits, as with the reference. `None` when
+/// the worker left or the server stops.
+async fn wait_for_job(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    platform: &str,
+    name: &str,
+) -> anyhow::Result<Option<Running>> {
+    let wakeup = shared.platform_wakeup(platform);
+    loop {
+        let notified = wakeup.notified();
+        tokio::pin!(notified);
+        // Register before looking, so an enqueue in between is not missed.
+        notified.as_mut().enable();
+        let dropped = shared
+            .db
+            .is_dropped(platform)
+            .map_err(|e| shared.fatal(e))?;
+        let retry = if dropped {
+            None
+        } else {
+            match claim(shared, platform, name).await? {
+                Ok(Some(running)) => return Ok(Some(running)),
+                Ok(None) => None,
+                Err(retry) => Some(retry),
+            }
+        };
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {}
+            frame = conn.recv_frame() => match frame? {
+                None => return Ok(None),
+                Some(_) => anyhow::bail!("unexpected command while waiting for a job"),
+            },
+            _ = shared.shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// How a build's conversation ended without `job_finished`.
+enum Interrupted {
+    /// The worker is gone or misbehaved: requeue the build.
+    Lost(String),
+    /// Over its timeout, or cancelled: recorded as aborted with this reason.
+    Ended(String),
+    /// The server is stopping: left marked running for the next start.
+    Shutdown,
+}
+
+async fn run_build(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    id: u64,
+    running: Running,
+    name: &str,
+) -> anyhow::Result<()> {
+    let uuid = running.uuid;
+    let job = &running.job;
+    tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = name, "build started");
+    let started = running.assigned;
+    let live = LiveBuild::new(
+        BuildHeader {
+            uuid,
+            job: job.job.clone(),
+            platform: job.platform.clone(),
+            started,
+        },
+        shared.config.max_console,
+    );
+    shared.live.insert(uuid, live.clone());
+    let mut cancel = shared.workers.set_running(id, Some(uuid));
+    let timeout = Duration::from_secs(job.timeout_secs);
+    let deadline = Instant::now() + timeout;
+    let schedule = Command::JobSchedule {
+        uuid,
+        job: ScriptJob::new(
+            job.job.as_bytes(),
+            job.script.as_bytes(),
+            Some(job.platform.as_bytes().to_vec()),
+        ),
+    };
+    let end = match send(conn, &schedule).await {
+        Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {e:#}"))),
+        Ok(()) => loop {
+            tokio::select! {
+                command = recv(conn) => match command {
+                    Ok(Some(Command::Output { uuid: u, output })) => {
+                        warn_uuid(uuid, u);
+                        let delta_ns = Timestamp::now().0.saturating_sub(started.0);
+                        live.push(vec![OutputLine { delta_ns, data: output }]);
+                    }
+                    Ok(Some(Command::OutputTimestamped { uuid: u, timestamp, output })) => {
+                        warn_uuid(uuid, u);
+                        live.push(vec![OutputLine { delta_ns: timestamp, data: output }]);
+                    }
+                    Ok(Some(Command::JobFinished { uuid: u, result, data })) => {
+                        warn_uuid(uuid, u);
+                        break Ok((result, data));
+                    }
+                    Ok(Some(other)) => break Err(Interrupted::Lost(format!("unexpected {} during build {uuid}", other.name()))),
+                    Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
+                    Err(e) => break Err(Interrupted::Lost(format!("{e:#}"))),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    break Err(Interrupted::Ended(format!("timeout after {} s", timeout.as_secs())));
+                }
+                Some(reason) = cancel.recv() => break Err(Interrupted::Ended(reason)),
+                _ = shared.shutdown.cancelled() => break Err(Interrupted::Shutdown),
+            }
+        },
+    };
+    shared.workers.set_running(id, None);
+    let (result, data) = match end {
+        Ok(end) => end,
+        Err(Interrupted::Shutdown) => {
+            shared.live.remove(uuid);
+            return Ok(());
+        }
+        Err(Interrupted::Lost(reason)) => return build_lost(shared, running, &live, &reason).await,
+        Err(Interrupted::Ended(reason)) => {
+            tracing::warn!(job = %running.job.job, %uuid, %reason, "build of a reference worker ended; closing its connection");
+            let outcome = JobOutcome::Aborted(reason);
+            end_build(
+                shared,
+                &running,
+                &live,
+                started,
+                Timestamp::now(),
+                outcome,
+                (None, Vec::new()),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    let finished = Timestamp::now();
+    let build_dir = store::build_dir(&shared.config.dir, &running.job.job, uuid);
+    let spooled = {
+        let dir = build_dir.clone();
+        tokio::task::spawn_blocking(move || spool(&dir, data))
+            .await
+            .map_err(|e| anyhow::anyhow!("artifact spool panicked: {e}"))?
+    };
+    let (outcome, artifacts) = match spooled {
+        Ok(artifacts) => (JobOutcome::from(&result), (Some(artifacts.0), artifacts.1)),
+        Err(Spooled::Bad(reason)) => {
+            // The worker's result does not hold together: as if it was lost.
+            store::remove_incomplete(&build_dir);
+            return build_lost(shared, running, &live, &reason).await;
+        }
+        Err(Spooled::Storage(reason)) => {
+            tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
+            store::remove_incomplete(&build_dir);
+            (JobOutcome::Aborted(reason), (None, Vec::new()))
+        }
+    };
+    let outcome = end_build(
+        shared, &running, &live, started, finished, outcome, artifacts,
+    )
+    .await?;
+    tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+    Ok(())
+}
+
+fn warn_uuid(expected: uuid::Uuid, got: uuid::Uuid) {
+    if expected != got {
+        // The reference warns and goes on: the connection is one build's.
+        tracing::warn!(uuid = %expected, got = %got, "reference worker sent another build's uuid");
+    }
+}
+
+enum Spooled {
+    /// The worker's fault (e.g. an artifact path with `..`).
+    Bad(String),
+    /// The server's: it cannot write.
+    Storage(String),
+}
+
+/// Writes the inline artifacts through the same spool as a new worker's
+/// streamed ones.
+fn spool(
+    build_dir: &std::path::Path,
+    data: Vec<Artifact>,
+) -> Result<(std::path::PathBuf, Vec<protocol::record::FileArtifact>), Spooled> {
+    let fail = |e: store::StoreError| {
+        if e.is_protocol() {
+            Spooled::Bad(Chain(&e).to_string())
+        } else {
+            Spooled::Storage(e.abort_reason("cannot spool an artifact"))
+        }
+    };
+    let mut spool = ArtifactSpool::new(build_dir);
+    for artifact in data {
+        spool
+            .start(artifact.path, artifact.data.len() as u64)
+            .map_err(fail)?;
+        spool.chunk(&artifact.data).map_err(fail)?;
+    }
+    spool.finish().map_err(fail)
+}
