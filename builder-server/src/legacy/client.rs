@@ -178,6 +178,20 @@ pub fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
             }),
         }
     }
+    // As the reference, a platform with workers but nothing queued shows
+    // an empty queue.
+    for worker in shared.workers.list() {
+        if !queues
+            .iter()
+            .any(|q| q.platform == worker.platform.as_bytes())
+        {
+            queues.push(QueueInfo {
+                platform: worker.platform.into_bytes(),
+                jobs: Vec::new(),
+            });
+        }
+    }
+    queues.sort_by(|a, b| a.platform.cmp(&b.platform));
     let running = shared
         .db
         .running()?
