@@ -116,7 +116,7 @@ pub fn default_state_dir() -> &'static str {
 }
 
 /// How long a peer has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the server on `listener` until `shutdown` completes. Returns an error
 /// if the state cannot be opened or stops being writable.

@@ -369,3 +369,50 @@ fn reference_peers_need_no_tokens_or_a_legacy_peers_network() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_reference_worker_over_the_job_timeout_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("state"), &[]);
+    let file = common::script(tmp.path(), "slow.sh", "#!/bin/sh\nsleep 100\n");
+    server.client_ok(&[
+        "schedule",
+        "slow",
+        "linux",
+        file.to_str().unwrap(),
+        "--timeout",
+        "1",
+    ]);
+    let rt = runtime();
+    let uuid = rt.block_on(async {
+        let (mut conn, _) = hello(&server.addr, PeerKind::Worker, 5).await;
+        send(
+            &mut conn,
+            &Command::JobRequested {
+                platform: b"linux".to_vec(),
+            },
+        )
+        .await;
+        let Some(Command::JobSchedule { uuid, .. }) = recv(&mut conn).await else {
+            panic!("no job");
+        };
+        // No heartbeat, no output: the server ends the build at its
+        // timeout and closes the connection.
+        assert_eq!(recv(&mut conn).await, None);
+        uuid
+    });
+    match server.request(ClientRequest::Results {
+        job: Some("slow".into()),
+        limit: 5,
+    }) {
+        ServerToClient::Results(r) => {
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(r[0].uuid, uuid);
+            assert_eq!(
+                r[0].outcome,
+                JobOutcome::Aborted("timeout after 1 s".into())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -139,11 +139,12 @@ fn every_recorded_conversation_replays_against_the_server() {
     let mut observed = Vec::new();
     rt.block_on(async {
         for frame in &all {
-            if !conns.contains_key(&frame.conn) {
-                let conn = Connection::connect(&server.addr, DEFAULT_MAX_FRAME)
-                    .await
-                    .unwrap();
-                conns.insert(frame.conn, conn);
+            if let std::collections::btree_map::Entry::Vacant(slot) = conns.entry(frame.conn) {
+                slot.insert(
+                    Connection::connect(&server.addr, DEFAULT_MAX_FRAME)
+                        .await
+                        .unwrap(),
+                );
             }
             let conn = conns.get_mut(&frame.conn).unwrap();
             let recorded = Command::decode(&frame.bytes).unwrap();

@@ -27,10 +27,17 @@ use crate::client::{execute, persist_failure, platform, schedule, Reply};
 use crate::db::DbError;
 use crate::state::Shared;
 
+/// How long a reference client has to send its command after the hello
+/// (the reference's client sends it at once).
+const COMMAND_TIMEOUT: std::time::Duration = crate::HELLO_TIMEOUT;
+
 /// Serves one reference client command.
 pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
     let command = tokio::select! {
-        command = recv(conn) => command,
+        command = tokio::time::timeout(COMMAND_TIMEOUT, recv(conn)) => match command {
+            Ok(command) => command,
+            Err(_) => anyhow::bail!("no command within {COMMAND_TIMEOUT:?} of the hello"),
+        },
         _ = shared.shutdown.cancelled() => return Ok(()),
     };
     let command = match command {
@@ -92,8 +99,14 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 started: None,
                 failure: None,
             };
-            observe::observe(shared, &mut sink, uuid).await?;
-            Ok(sink.failure.map_or(Ok(None), Err))
+            let observed = observe::observe(shared, &mut sink, uuid).await;
+            let failure = sink.failure;
+            if let Err(e) = observed {
+                let reason = failure.unwrap_or_else(|| format!("{e:#}"));
+                let _ = send(conn, &self::failure(reason)).await;
+                return Err(e);
+            }
+            Ok(failure.map_or(Ok(None), Err))
         }
         other => {
             tracing::warn!(

@@ -39,7 +39,10 @@ const HOST: &str = "OCaml builder-worker";
 /// Serves one reference worker connection: one job.
 pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
     let request = tokio::select! {
-        request = recv(conn) => request?,
+        request = tokio::time::timeout(crate::HELLO_TIMEOUT, recv(conn)) => match request {
+            Ok(request) => request?,
+            Err(_) => anyhow::bail!("no job_requested within {:?} of the hello", crate::HELLO_TIMEOUT),
+        },
         _ = shared.shutdown.cancelled() => return Ok(()),
     };
     let platform = match request {
