@@ -215,3 +215,20 @@ fn an_unreadable_state_file_is_refused_with_the_reason() {
         text(&missing.stderr)
     );
 }
+
+#[test]
+fn a_state_directory_in_use_is_not_imported_into() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let server = Server::start(&dir, &[]);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/state/02-typical.der");
+    let out = import(&dir, tmp.path(), &file, true);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("in use by another builder-server"),
+        "{stderr}"
+    );
+    // Nothing was written behind the running server's back.
+    assert!(server.info().schedule.is_empty());
+}
