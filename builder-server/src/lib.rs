@@ -14,6 +14,7 @@
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
 
+pub mod cli;
 pub mod client;
 pub mod db;
 pub mod live;
