@@ -82,4 +82,5 @@ step "FreeBSD jail launcher"
 sh freebsd/test-builder_worker.sh
 
 step "Docker worker"
-BUILDER_BIN_DIR="$repo/target/release" sh packaging/docker/test-worker.sh
+BUILDER_BIN_DIR="${BUILDER_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}" \
+    sh packaging/docker/test-worker.sh

@@ -25,7 +25,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 
 cd "$root"
 cargo build --release --locked -p builder-server -p builder-worker -p builder-client -p builder-gen-docs
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT INT TERM

@@ -2,7 +2,8 @@
 # Builds the Debian package from the release binaries and prints its path:
 #   packaging/debian/create_package.sh            -> target/debian/builder_VERSION_ARCH.deb
 # Builds the binaries first (cargo build --release, a no-op when they are
-# current). Set BUILDER_BIN_DIR to package binaries built elsewhere.
+# current; CARGO_TARGET_DIR is honoured). Set BUILDER_BIN_DIR to package
+# binaries built elsewhere.
 #
 # Reproducible: SOURCE_DATE_EPOCH is the last commit's time; every file's
 # mtime is set to it, owners are root:root, modes are fixed, entries are
@@ -30,7 +31,7 @@ if [ -z "${BUILDER_BIN_DIR:-}" ]; then
     (cd "$root" && cargo build --release --locked --quiet \
         -p builder-server -p builder-worker -p builder-client -p builder-gen-docs) \
         || die "cargo build --release failed"
-    BUILDER_BIN_DIR="$root/target/release"
+    BUILDER_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 bin=$BUILDER_BIN_DIR
 

@@ -16,7 +16,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-bin=${BUILDER_BIN_DIR:-$root/target/release}
+bin=${BUILDER_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
 tag=builder-worker:ci-test
 tmp=$(mktemp -d)
 dockerd_pid='' server_pid=''
