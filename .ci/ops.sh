@@ -56,7 +56,7 @@ git ls-files | while read -r f; do
     case "$f" in
         fixtures/*) continue ;;
         *.sh) echo "$f" ;;
-        *) head -n 1 "$f" 2>/dev/null | grep -qE '^#!.*(/|env )(ba|da)?sh( |$)' && echo "$f" ;;
+        *) if head -n 1 "$f" 2>/dev/null | grep -qE '^#!.*(/|env )(ba|da)?sh( |$)'; then echo "$f"; fi ;;
     esac
 done > "$tmp/scripts"
 sed 's/^/  /' "$tmp/scripts"
