@@ -15,6 +15,7 @@
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
 
+pub mod cli;
 pub mod client;
 pub mod db;
 pub mod layout;

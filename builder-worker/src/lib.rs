@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod artifacts;
+pub mod cli;
 pub mod console;
 pub mod job;
 mod session;

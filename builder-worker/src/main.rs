@@ -1,53 +1,15 @@
 //! `builder-worker PLATFORM [-r HOST:PORT] [--loop]`: see the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use builder_worker::cli::Cli;
 use builder_worker::{host_name, Config};
 use clap::Parser;
-use protocol::DEFAULT_REMOTE;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
-
-/// Runs builder jobs of one platform: connects to the server, runs the job's
-/// script in a fresh directory under $TMPDIR, and reports its console, result
-/// and artifacts.
-#[derive(Debug, Parser)]
-#[command(name = "builder-worker", version)]
-struct Cli {
-    /// The platform whose jobs this worker runs.
-    platform: String,
-
-    /// The server to connect to.
-    #[arg(
-        short,
-        long,
-        value_name = "HOST:PORT",
-        env = "BUILDER_REMOTE",
-        default_value = DEFAULT_REMOTE
-    )]
-    remote: String,
-
-    /// Keep serving jobs (and reconnecting) instead of exiting after one.
-    #[arg(long = "loop")]
-    looping: bool,
-
-    /// Read the worker token from the first line of FILE [default: the
-    /// BUILDER_TOKEN variable].
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-
-    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    kill_grace: u64,
-
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

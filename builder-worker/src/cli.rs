@@ -1,0 +1,46 @@
+//! The command line of `builder-worker` (clap derive), in the library so
+//! that man pages and completions can be generated from it
+//! (`packaging/gen-docs`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use protocol::DEFAULT_REMOTE;
+
+/// Runs builder jobs of one platform: connects to the server, runs the job's
+/// script in a fresh directory under $TMPDIR, and reports its console, result
+/// and artifacts.
+#[derive(Debug, Parser)]
+#[command(name = "builder-worker", version)]
+pub struct Cli {
+    /// The platform whose jobs this worker runs.
+    pub platform: String,
+
+    /// The server to connect to.
+    #[arg(
+        short,
+        long,
+        value_name = "HOST:PORT",
+        env = "BUILDER_REMOTE",
+        default_value = DEFAULT_REMOTE
+    )]
+    pub remote: String,
+
+    /// Keep serving jobs (and reconnecting) instead of exiting after one.
+    #[arg(long = "loop")]
+    pub looping: bool,
+
+    /// Read the worker token from the first line of FILE [default: the
+    /// BUILDER_TOKEN variable].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub kill_grace: u64,
+
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
