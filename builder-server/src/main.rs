@@ -62,9 +62,39 @@ struct Args {
     /// silent for three intervals is considered lost.
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
-    /// Most connections (clients, workers, observers) served at once.
+    /// Most connections (clients, workers, observers) served at once once
+    /// their hello is accepted. Connections still saying hello have a
+    /// budget of their own (--max-unauthenticated).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Most connections that have not said hello yet; more are refused.
+    #[arg(long, default_value_t = builder_server::DEFAULT_MAX_UNAUTHENTICATED)]
+    max_unauthenticated: usize,
+    /// Most connections from one IP address that have not said hello yet.
+    #[arg(long, default_value_t = builder_server::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
+    max_unauthenticated_per_ip: usize,
+    /// Seconds a new connection has to say hello.
+    #[arg(long, default_value_t = builder_server::DEFAULT_HELLO_TIMEOUT.as_secs())]
+    hello_timeout: u64,
+    /// Seconds a frame may take to arrive once it has started (after the
+    /// hello); a peer that stops in the middle of a frame is dropped.
+    /// Waiting between frames is not limited.
+    #[arg(long, default_value_t = builder_server::DEFAULT_FRAME_TIMEOUT.as_secs())]
+    frame_timeout: u64,
+    /// Most artifact bytes one build may send (counted as they arrive);
+    /// past it the build is recorded aborted.
+    #[arg(long, default_value_t = builder_server::bounds::DEFAULT_MAX_ARTIFACT_BYTES)]
+    max_artifact_bytes: u64,
+    /// Most artifacts one build may send; past it the build is recorded
+    /// aborted.
+    #[arg(long, default_value_t = builder_server::bounds::DEFAULT_MAX_ARTIFACTS)]
+    max_artifacts: usize,
+    /// Seconds past a job's timeout before the server drops a worker that
+    /// has not reported the result and records the build aborted `timeout`
+    /// (covers the worker's --kill-grace, the artifacts' transfer and a
+    /// margin).
+    #[arg(long, default_value_t = builder_server::bounds::DEFAULT_TIMEOUT_GRACE.as_secs())]
+    timeout_grace: u64,
     /// File holding the token clients must present.
     #[arg(long)]
     client_token_file: Option<PathBuf>,
@@ -140,6 +170,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.heartbeat_ms == 0 || args.job_timeout == 0 {
         anyhow::bail!("--heartbeat-ms and --job-timeout must be positive");
     }
+    if args.hello_timeout == 0 || args.frame_timeout == 0 {
+        anyhow::bail!("--hello-timeout and --frame-timeout must be positive");
+    }
+    if args.max_unauthenticated == 0 || args.max_unauthenticated_per_ip == 0 {
+        anyhow::bail!("--max-unauthenticated and --max-unauthenticated-per-ip must be positive");
+    }
     let upload = match &args.upload {
         Some(url) => {
             let credentials = args
@@ -171,6 +207,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_frame: args.max_frame,
         max_console: args.max_console_bytes,
         max_connections: args.max_connections.max(1),
+        max_unauthenticated: args.max_unauthenticated,
+        max_unauthenticated_per_ip: args.max_unauthenticated_per_ip,
+        hello_timeout: Duration::from_secs(args.hello_timeout),
+        frame_timeout: Duration::from_secs(args.frame_timeout),
+        limits: builder_server::bounds::BuildLimits {
+            max_artifact_bytes: args.max_artifact_bytes,
+            max_artifacts: args.max_artifacts,
+            timeout_grace: Duration::from_secs(args.timeout_grace),
+        },
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         client_token,
         worker_token,

@@ -6,6 +6,11 @@
 //! three intervals, or whose connection closes, is lost, and its build goes
 //! back to the front of its queue (or is recorded as aborted after
 //! [`db::MAX_LOST`] lost workers in a row).
+//!
+//! What the worker sends is bounded ([`crate::bounds`]): a build past its
+//! artifact limits, or one held past its timeout plus the grace, is recorded
+//! aborted with the reason and the worker is dropped; times are clamped to
+//! what the server saw.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use protocol::message::{
 use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
 use crate::live::LiveBuild;
 use crate::state::Shared;
@@ -55,6 +61,9 @@ pub async fn serve(
 enum Interrupted {
     /// The worker is gone or misbehaved: requeue the build.
     Lost(String),
+    /// The build went past a bound (artifact limits, its timeout): record
+    /// it aborted with this message and drop the worker.
+    Abort(String),
     /// The server is shutting down: leave the build marked running, so the
     /// next start requeues it.
     Shutdown,
@@ -107,7 +116,11 @@ impl Session<'_> {
             tokio::select! {
                 msg = self.conn.recv::<WorkerMessage>() => {
                     self.last_seen = Instant::now();
-                    match msg? {
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                    };
+                    match msg {
                         Some(WorkerMessage::RequestJob) => return Ok(true),
                         Some(WorkerMessage::Heartbeat) => {}
                         Some(other) => return Err(self.refuse(format!("unexpected {} before a job request", kind(&other))).await),
@@ -163,7 +176,11 @@ impl Session<'_> {
                     _ = &mut notified => break,
                     msg = self.conn.recv::<WorkerMessage>() => {
                         self.last_seen = Instant::now();
-                        match msg? {
+                        let msg = match msg {
+                            Ok(msg) => msg,
+                            Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                        };
+                        match msg {
                             Some(WorkerMessage::Heartbeat) => {}
                             Some(other) => {
                                 return Err(self.refuse(format!("unexpected {} while waiting for a job", kind(&other))).await);
@@ -200,7 +217,15 @@ impl Session<'_> {
         let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
         let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
         let mut spool = ArtifactSpool::new(&build_dir);
+        let mut budget = ArtifactBudget::new(self.shared.config.limits);
         let mut started = running.assigned;
+        // The server's own deadline: the worker kills the job at its
+        // timeout; this catches a worker that does not.
+        let allowed = Duration::from_secs(job.timeout_secs)
+            .saturating_add(self.shared.config.limits.timeout_grace);
+        let deadline = Instant::now()
+            .checked_add(allowed)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
 
         let assignment = ServerToWorker::Job(JobAssignment {
             uuid,
@@ -218,34 +243,58 @@ impl Session<'_> {
                         let msg = match msg {
                             Ok(Some(msg)) => msg,
                             Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
-                            Err(e) => break Err(Interrupted::Lost(e.to_string())),
+                            Err(e) => {
+                                let reason = format!("bad frame: {e}");
+                                self.send_failure(&reason).await;
+                                break Err(Interrupted::Lost(reason));
+                            }
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
                             WorkerMessage::Started { uuid: u, at } if u == uuid => {
-                                started = at;
-                                live.set_started(at);
+                                // Not before the job was handed out, not in
+                                // the future.
+                                started = bounds::clamp(at, running.assigned, Timestamp::now());
+                                live.set_started(started);
                                 Ok(())
                             }
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
-                                live.push(lines);
+                                live.push(bounds::bound_lines(lines));
                                 Ok(())
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
-                                spool.start(path, len).map_err(|e| e.to_string())
+                                match budget.start() {
+                                    Ok(()) => spool.start(path, len).map_err(|e| Interrupted::Lost(e.to_string())),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
+                                }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
-                                spool.chunk(&data).map_err(|e| e.to_string())
+                                match budget.bytes(data.len()) {
+                                    Ok(()) => spool.chunk(&data).map_err(|e| Interrupted::Lost(e.to_string())),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
+                                }
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
-                                break Ok((finished, outcome));
+                                let finished = bounds::clamp(finished, started, Timestamp::now());
+                                break Ok((finished, bounds::bound_outcome(outcome)));
                             }
-                            other => Err(format!("unexpected {} during build {uuid}", kind(&other))),
+                            other => Err(Interrupted::Lost(format!("unexpected {} during build {uuid}", kind(&other)))),
                         };
-                        if let Err(reason) = step {
-                            let _ = self.conn.send(&ServerToWorker::Failure { reason: reason.clone() }).await;
-                            break Err(Interrupted::Lost(reason));
+                        if let Err(end) = step {
+                            if let Interrupted::Lost(reason) | Interrupted::Abort(reason) = &end {
+                                self.send_failure(reason).await;
+                            }
+                            break Err(end);
                         }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let reason = format!(
+                            "build {uuid} is past its timeout of {} s plus {:?} (--timeout-grace)",
+                            job.timeout_secs, self.shared.config.limits.timeout_grace
+                        );
+                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, "{reason}; dropping the worker");
+                        self.send_failure(&reason).await;
+                        break Err(Interrupted::Abort("timeout".into()));
                     }
                     _ = self.ticker.tick() => {
                         if let Err(reason) = self.tick().await {
@@ -274,6 +323,12 @@ impl Session<'_> {
             Err(Interrupted::Lost(reason)) => {
                 spool.discard();
                 build_lost(self.shared, running, &live, &reason).await?;
+                return Ok(false);
+            }
+            Err(Interrupted::Abort(message)) => {
+                spool.discard();
+                self.abort(running, &live, &build_dir, started, message)
+                    .await?;
                 return Ok(false);
             }
         };
@@ -341,14 +396,54 @@ impl Session<'_> {
         build_lost(self.shared, running, live, &reason).await
     }
 
+    /// The build went past a bound: record it aborted with `message`, its
+    /// artifacts already thrown away; the worker is dropped.
+    async fn abort(
+        &mut self,
+        running: Running,
+        live: &Arc<LiveBuild>,
+        build_dir: &std::path::Path,
+        started: Timestamp,
+        message: String,
+    ) -> anyhow::Result<()> {
+        let uuid = running.uuid;
+        tracing::warn!(job = %running.job.job, %uuid, worker = %self.name, %message, "build aborted by the server");
+        let finished = bounds::clamp(Timestamp::now(), started, Timestamp::now());
+        let outcome = JobOutcome::Aborted(message);
+        let console = live.take_console();
+        let stored = store_result(
+            self.shared,
+            &running,
+            started,
+            finished,
+            outcome.clone(),
+            console,
+            (None, Vec::new()),
+        )
+        .await;
+        if let Err(e) = stored {
+            let reason = format!("cannot store the build: {e:#}");
+            tracing::error!(%uuid, error = %reason);
+            return self.give_up(running, live, build_dir, reason).await;
+        }
+        live.finish(finished, outcome);
+        self.shared.live.remove(uuid);
+        Ok(())
+    }
+
+    /// Tells the worker why it is being dropped, without waiting long for
+    /// a worker that does not read.
+    async fn send_failure(&mut self, reason: &str) {
+        let failure = ServerToWorker::Failure {
+            reason: reason.to_owned(),
+        };
+        let every = self.shared.config.heartbeat;
+        let _ = tokio::time::timeout(every, self.conn.send(&failure)).await;
+    }
+
     /// Tells the worker why it is being dropped; the error ends the session.
     async fn refuse(&mut self, reason: String) -> anyhow::Error {
-        let _ = self
-            .conn
-            .send(&ServerToWorker::Failure {
-                reason: reason.clone(),
-            })
-            .await;
+        self.send_failure(&reason).await;
         anyhow::anyhow!(reason)
     }
 }
