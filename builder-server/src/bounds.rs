@@ -173,7 +173,10 @@ mod tests {
         let err = budget.bytes(1).unwrap_err();
         assert!(err.contains("--max-artifact-bytes"), "{err}");
         let err = budget.start().unwrap_err();
-        assert!(err.contains("more than 2 artifacts (--max-artifacts)"), "{err}");
+        assert!(
+            err.contains("more than 2 artifacts (--max-artifacts)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -198,7 +201,10 @@ mod tests {
         assert_eq!(got.len(), 4);
         assert_eq!(got[1].data.len(), MAX_CONSOLE_LINE);
         let note = String::from_utf8(got[2].data.clone()).unwrap();
-        assert!(note.contains(&format!("{}", MAX_CONSOLE_LINE + 1)), "{note}");
+        assert!(
+            note.contains(&format!("{}", MAX_CONSOLE_LINE + 1)),
+            "{note}"
+        );
         assert_eq!(got[3], line(2));
     }
 
@@ -207,12 +213,22 @@ mod tests {
         let ok = JobOutcome::Aborted("timeout".into());
         assert_eq!(bound_outcome(ok.clone()), ok);
         // A multi-byte character across the limit is not split.
-        let long = format!("{}é{}", "a".repeat(MAX_ABORT_MESSAGE - 1), "b".repeat(1 << 20));
+        let long = format!(
+            "{}é{}",
+            "a".repeat(MAX_ABORT_MESSAGE - 1),
+            "b".repeat(1 << 20)
+        );
         let JobOutcome::Aborted(msg) = bound_outcome(JobOutcome::Aborted(long.clone())) else {
             panic!()
         };
         assert!(msg.len() < MAX_ABORT_MESSAGE + 100, "{}", msg.len());
-        assert!(msg.ends_with(&format!("[cut: {} bytes, over the server's limit of {MAX_ABORT_MESSAGE}]", long.len())), "{msg}");
+        assert!(
+            msg.ends_with(&format!(
+                "[cut: {} bytes, over the server's limit of {MAX_ABORT_MESSAGE}]",
+                long.len()
+            )),
+            "{msg}"
+        );
         assert_eq!(bound_outcome(JobOutcome::Exited(3)), JobOutcome::Exited(3));
     }
 }

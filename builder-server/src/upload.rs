@@ -183,7 +183,10 @@ pub async fn run(shared: Arc<Shared>) {
         let store_waiting = store_retry_at.is_some_and(|t| t > tokio::time::Instant::now());
         let free = config.concurrency.saturating_sub(in_flight.len());
         if free > 0 && !store_waiting {
-            let due = match shared.db.due_uploads(Timestamp::now(), &in_flight.busy(), free) {
+            let due = match shared
+                .db
+                .due_uploads(Timestamp::now(), &in_flight.busy(), free)
+            {
                 Ok(due) => due,
                 Err(e) => {
                     shared.fatal(e);

@@ -122,7 +122,10 @@ fn too_many_artifacts_abort_the_build_and_remove_its_spool() {
     );
     assert!(records[0].output.is_empty());
     let build = server.dir.join("many").join(uuid.to_string());
-    assert!(!build.join("artifacts.partial").exists(), "spool left behind");
+    assert!(
+        !build.join("artifacts.partial").exists(),
+        "spool left behind"
+    );
 }
 
 #[test]
@@ -163,7 +166,10 @@ fn an_artifact_past_max_artifact_bytes_aborts_the_build_and_removes_its_spool() 
     );
     assert!(records[0].output.is_empty());
     let build = server.dir.join("huge").join(uuid.to_string());
-    assert!(!build.join("artifacts.partial").exists(), "spool left behind");
+    assert!(
+        !build.join("artifacts.partial").exists(),
+        "spool left behind"
+    );
 }
 
 #[test]
@@ -232,7 +238,10 @@ fn times_lines_and_messages_from_a_worker_are_bounded() {
     assert!(message.len() < 5000, "{} bytes", message.len());
     assert!(message.starts_with("mmmm"));
     assert!(
-        message.ends_with(&format!("[cut: {} bytes, over the server's limit of 4096]", 1 << 20)),
+        message.ends_with(&format!(
+            "[cut: {} bytes, over the server's limit of 4096]",
+            1 << 20
+        )),
         "{}",
         &message[message.len() - 80..]
     );
