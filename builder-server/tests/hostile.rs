@@ -281,6 +281,32 @@ fn a_worker_sending_an_undecodable_frame_is_told_why() {
 }
 
 #[test]
+fn before_the_hello_only_a_small_frame_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("state"), &[]);
+    let refused = runtime().block_on(async {
+        let mut conn = Connection::connect(&server.addr, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap();
+        // A "hello" of 100 KB: far below --max-frame, far above a hello.
+        conn.send(&vec![0u8; 100_000]).await.unwrap();
+        tokio::time::timeout(peer::WAIT, conn.recv::<HelloReply>())
+            .await
+            .expect("an answer in time")
+            .unwrap()
+    });
+    match refused {
+        Some(HelloReply::Refused { reason }) => {
+            assert!(
+                reason.contains("exceeds the limit of 65536 bytes"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn silent_connections_announcing_16_mib_do_not_cost_16_mib() {
     const CONNECTIONS: usize = 200;
     const SENT: usize = 2 << 20;

@@ -362,7 +362,7 @@ mod tests {
         assert!(src.capacity() < 1024, "capacity {}", src.capacity());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_connection_buffers_what_arrived_not_what_was_announced() {
         use tokio::io::AsyncWriteExt;
         let (mut a, b) = tokio::io::duplex(1 << 20);
@@ -371,8 +371,9 @@ mod tests {
             .await
             .unwrap();
         a.write_all(&[7u8; 100_000]).await.unwrap();
-        // Poll the read until everything written is buffered.
-        let read = tokio::time::timeout(Duration::from_millis(200), b.recv_frame()).await;
+        // Reads everything written, then waits for the rest (paused time
+        // moves on only once nothing is left to read).
+        let read = tokio::time::timeout(Duration::from_secs(1), b.recv_frame()).await;
         assert!(read.is_err(), "the frame is not complete");
         let buffer = b.framed.read_buffer();
         assert_eq!(buffer.len(), HEADER_LEN + 100_000);
