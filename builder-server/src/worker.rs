@@ -226,6 +226,8 @@ impl Session<'_> {
         let deadline = Instant::now()
             .checked_add(allowed)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
+        let past_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(past_deadline);
 
         let assignment = ServerToWorker::Job(JobAssignment {
             uuid,
@@ -287,12 +289,13 @@ impl Session<'_> {
                             break Err(end);
                         }
                     }
-                    _ = tokio::time::sleep_until(deadline) => {
+                    _ = &mut past_deadline => {
+                        let grace = self.shared.config.limits.timeout_grace;
                         let reason = format!(
-                            "build {uuid} is past its timeout of {} s plus {:?} (--timeout-grace)",
-                            job.timeout_secs, self.shared.config.limits.timeout_grace
+                            "build {uuid} is past its timeout of {} s plus {grace:?} (--timeout-grace)",
+                            job.timeout_secs
                         );
-                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, "{reason}; dropping the worker");
+                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, timeout_secs = job.timeout_secs, ?grace, "build past its timeout; dropping the worker");
                         self.send_failure(&reason).await;
                         break Err(Interrupted::Abort("timeout".into()));
                     }
