@@ -301,7 +301,12 @@ async fn handle_connection(
         }
     };
     conn.set_max_frame(shared.config.max_frame);
-    conn.set_frame_timeout(Some(shared.config.frame_timeout));
+    if hello.role == Role::Client {
+        // A worker needs no frame timeout: it cannot send a heartbeat in
+        // the middle of a frame, so one that stalls there is lost after
+        // three heartbeat intervals anyway.
+        conn.set_frame_timeout(Some(shared.config.frame_timeout));
+    }
     let welcome = HelloReply::Welcome(ServerHello {
         version: PROTOCOL_VERSION,
         software: format!("builder-server {}", env!("CARGO_PKG_VERSION")),
