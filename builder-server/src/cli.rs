@@ -59,9 +59,39 @@ pub struct Args {
     /// silent for three intervals is considered lost.
     #[arg(long, default_value_t = 5000)]
     pub heartbeat_ms: u64,
-    /// Most connections (clients, workers, observers) served at once.
+    /// Most connections (clients, workers, observers) served at once once
+    /// their hello is accepted. Connections still saying hello have a
+    /// budget of their own (--max-unauthenticated).
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
+    /// Most connections that have not said hello yet; more are refused.
+    #[arg(long, default_value_t = crate::DEFAULT_MAX_UNAUTHENTICATED)]
+    pub max_unauthenticated: usize,
+    /// Most connections from one IP address that have not said hello yet.
+    #[arg(long, default_value_t = crate::DEFAULT_MAX_UNAUTHENTICATED_PER_IP)]
+    pub max_unauthenticated_per_ip: usize,
+    /// Seconds a new connection has to say hello.
+    #[arg(long, default_value_t = crate::DEFAULT_HELLO_TIMEOUT.as_secs())]
+    pub hello_timeout: u64,
+    /// Seconds a frame may take to arrive once it has started (after the
+    /// hello); a peer that stops in the middle of a frame is dropped.
+    /// Waiting between frames is not limited.
+    #[arg(long, default_value_t = crate::DEFAULT_FRAME_TIMEOUT.as_secs())]
+    pub frame_timeout: u64,
+    /// Most artifact bytes one build may send (counted as they arrive);
+    /// past it the build is recorded aborted.
+    #[arg(long, default_value_t = crate::bounds::DEFAULT_MAX_ARTIFACT_BYTES)]
+    pub max_artifact_bytes: u64,
+    /// Most artifacts one build may send; past it the build is recorded
+    /// aborted.
+    #[arg(long, default_value_t = crate::bounds::DEFAULT_MAX_ARTIFACTS)]
+    pub max_artifacts: usize,
+    /// Seconds past a job's timeout before the server drops a worker that
+    /// has not reported the result and records the build aborted `timeout`
+    /// (covers the worker's --kill-grace, the artifacts' transfer and a
+    /// margin).
+    #[arg(long, default_value_t = crate::bounds::DEFAULT_TIMEOUT_GRACE.as_secs())]
+    pub timeout_grace: u64,
     /// File holding the token clients must present.
     #[arg(long)]
     pub client_token_file: Option<PathBuf>,

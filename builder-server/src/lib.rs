@@ -4,6 +4,9 @@
 //!
 //! Map:
 //! - [`run`] (this file): start-up, the accept loop, the hello, shutdown.
+//! - [`admission`]: connection budgets before and after the hello.
+//! - [`bounds`]: limits on what a worker sends (artifacts, console lines,
+//!   messages, times).
 //! - [`db`]: all durable state in SQLite.
 //! - [`worker`]: a worker's connection: dispatch, console, artifacts, result.
 //! - [`client`]: one module per client request.
@@ -15,6 +18,8 @@
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
 
+pub mod admission;
+pub mod bounds;
 pub mod cli;
 pub mod client;
 pub mod db;
@@ -60,8 +65,20 @@ pub struct Config {
     /// Heartbeat interval on worker connections; silent for three of these
     /// means lost.
     pub heartbeat: Duration,
-    /// Most connections served at once; more are refused with a reason.
+    /// Most connections whose hello was accepted, served at once; more are
+    /// refused with a reason.
     pub max_connections: usize,
+    /// Most connections that have not said hello yet (see [`admission`]).
+    pub max_unauthenticated: usize,
+    /// Most connections from one address that have not said hello yet.
+    pub max_unauthenticated_per_ip: usize,
+    /// How long a peer has to send its hello.
+    pub hello_timeout: Duration,
+    /// How long a frame may take to arrive once it has started, after the
+    /// hello (idle time between frames is not limited).
+    pub frame_timeout: Duration,
+    /// Limits on what one build's worker may send.
+    pub limits: bounds::BuildLimits,
     /// Token clients must present, if set.
     pub client_token: Option<String>,
     /// Token workers must present, if set.
@@ -81,6 +98,11 @@ impl Config {
             max_console: DEFAULT_MAX_CONSOLE,
             heartbeat: Duration::from_secs(5),
             max_connections: 4096,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            limits: bounds::BuildLimits::default(),
             client_token: None,
             worker_token: None,
             upload: None,
@@ -109,8 +131,22 @@ pub fn default_state_dir() -> &'static str {
     }
 }
 
-/// How long a peer has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of [`Config::max_unauthenticated`].
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
+
+/// The default of [`Config::max_unauthenticated_per_ip`].
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+
+/// The default of [`Config::hello_timeout`].
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default of [`Config::frame_timeout`].
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest frame accepted before the hello succeeds: a hello is a few
+/// hundred bytes, so an unauthenticated peer never makes the server buffer
+/// more than this.
+pub const PRE_HELLO_MAX_FRAME: usize = 64 * 1024;
 
 /// Runs the server on `listener` until `shutdown` completes. Returns an error
 /// if the state cannot be opened or stops being writable.
@@ -139,7 +175,11 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+    let admission = Arc::new(admission::Admission::new(
+        shared.config.max_unauthenticated,
+        shared.config.max_unauthenticated_per_ip,
+        shared.config.max_connections,
+    ));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -147,16 +187,16 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    match admission.accept(peer.ip()) {
+                        Ok(slot) => {
+                            let admission = admission.clone();
                             connections.spawn(async move {
-                                handle_connection(shared, stream).await;
-                                drop(permit);
+                                handle_connection(shared, &admission, slot, stream).await;
                             });
                         }
-                        Err(_) => {
-                            tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; refusing");
-                            connections.spawn(async move { refuse_busy(shared, stream).await });
+                        Err(busy) => {
+                            tracing::warn!(%peer, reason = %busy, "refusing connection");
+                            connections.spawn(async move { refuse_busy(stream, busy).await });
                         }
                     }
                 }
@@ -190,13 +230,10 @@ pub async fn run(
     }
 }
 
-/// Tells a peer over the connection limit why it is turned away.
-async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream) {
-    if let Ok(mut conn) = Connection::from_tcp(stream, shared.config.max_frame) {
-        let reason = format!(
-            "server busy: {} connections already",
-            shared.config.max_connections
-        );
+/// Tells a peer over a connection budget why it is turned away.
+async fn refuse_busy(stream: TcpStream, busy: admission::Busy) {
+    if let Ok(mut conn) = Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
+        let reason = busy.to_string();
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             conn.send(&HelloReply::Refused { reason }),
@@ -205,8 +242,14 @@ async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = match Connection::from_tcp(stream, shared.config.max_frame) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    admission: &admission::Admission,
+    slot: admission::Unauthenticated,
+    stream: TcpStream,
+) {
+    // Until the hello is accepted: a small frame limit and a short timeout.
+    let mut conn = match Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
         Ok(conn) => conn,
         Err(e) => {
             tracing::warn!(error = %e, "cannot set up connection");
@@ -214,7 +257,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     let peer = conn.peer().to_owned();
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&shared, &mut conn)).await {
+    let hello_timeout = shared.config.hello_timeout;
+    let hello = match tokio::time::timeout(hello_timeout, read_hello(&shared, &mut conn)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(reason)) => {
             tracing::warn!(%peer, %reason, "refused connection");
@@ -222,7 +266,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, "no hello within {HELLO_TIMEOUT:?}");
+            tracing::warn!(%peer, timeout = ?hello_timeout, "no hello in time");
             let _ = conn
                 .send(&HelloReply::Refused {
                     reason: "no hello received in time".into(),
@@ -231,6 +275,22 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
+    let _slot = match admission.authenticate(slot) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            tracing::warn!(%peer, reason = %busy, "refusing connection");
+            let reason = busy.to_string();
+            let _ = conn.send(&HelloReply::Refused { reason }).await;
+            return;
+        }
+    };
+    conn.set_max_frame(shared.config.max_frame);
+    if hello.role == Role::Client {
+        // A worker needs no frame timeout: it cannot send a heartbeat in
+        // the middle of a frame, so one that stalls there is lost after
+        // three heartbeat intervals anyway.
+        conn.set_frame_timeout(Some(shared.config.frame_timeout));
+    }
     let welcome = HelloReply::Welcome(ServerHello {
         version: PROTOCOL_VERSION,
         software: format!("builder-server {}", env!("CARGO_PKG_VERSION")),

@@ -66,6 +66,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.heartbeat_ms == 0 || args.job_timeout == 0 {
         anyhow::bail!("--heartbeat-ms and --job-timeout must be positive");
     }
+    if args.hello_timeout == 0 || args.frame_timeout == 0 {
+        anyhow::bail!("--hello-timeout and --frame-timeout must be positive");
+    }
+    if args.max_unauthenticated == 0 || args.max_unauthenticated_per_ip == 0 {
+        anyhow::bail!("--max-unauthenticated and --max-unauthenticated-per-ip must be positive");
+    }
     let upload = match &args.upload {
         Some(url) => {
             let credentials = args
@@ -97,6 +103,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_frame: args.max_frame,
         max_console: args.max_console_bytes,
         max_connections: args.max_connections.max(1),
+        max_unauthenticated: args.max_unauthenticated,
+        max_unauthenticated_per_ip: args.max_unauthenticated_per_ip,
+        hello_timeout: Duration::from_secs(args.hello_timeout),
+        frame_timeout: Duration::from_secs(args.frame_timeout),
+        limits: builder_server::bounds::BuildLimits {
+            max_artifact_bytes: args.max_artifact_bytes,
+            max_artifacts: args.max_artifacts,
+            timeout_grace: Duration::from_secs(args.timeout_grace),
+        },
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         client_token,
         worker_token,

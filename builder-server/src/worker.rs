@@ -12,6 +12,11 @@
 //! worker's: it is recorded as aborted with the reason (`disk full: ...`)
 //! and not retried, observers get that result, and every other build goes
 //! on (see [`store_result`]).
+//!
+//! What the worker sends is bounded ([`crate::bounds`]): a build past its
+//! artifact limits, or one held past its timeout plus the grace, is recorded
+//! aborted with the reason and the worker is dropped; times are clamped to
+//! what the server saw.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,7 @@ use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms
 use protocol::Chain;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
 use crate::live::LiveBuild;
 use crate::state::Shared;
@@ -61,6 +67,9 @@ pub async fn serve(
 enum Interrupted {
     /// The worker is gone or misbehaved: requeue the build.
     Lost(String),
+    /// The build went past a bound (artifact limits, its timeout): record
+    /// it aborted with this message and drop the worker.
+    Abort(String),
     /// The server is shutting down: leave the build marked running, so the
     /// next start requeues it.
     Shutdown,
@@ -116,7 +125,11 @@ impl Session<'_> {
             tokio::select! {
                 msg = self.conn.recv::<WorkerMessage>() => {
                     self.last_seen = Instant::now();
-                    match msg? {
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                    };
+                    match msg {
                         Some(WorkerMessage::RequestJob) => return Ok(true),
                         Some(WorkerMessage::Heartbeat) => {}
                         Some(other) => return Err(self.refuse(format!("unexpected {} before a job request", kind(&other))).await),
@@ -177,7 +190,11 @@ impl Session<'_> {
                     _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => break,
                     msg = self.conn.recv::<WorkerMessage>() => {
                         self.last_seen = Instant::now();
-                        match msg? {
+                        let msg = match msg {
+                            Ok(msg) => msg,
+                            Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                        };
+                        match msg {
                             Some(WorkerMessage::Heartbeat) => {}
                             Some(other) => {
                                 return Err(self.refuse(format!("unexpected {} while waiting for a job", kind(&other))).await);
@@ -214,7 +231,17 @@ impl Session<'_> {
         let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
         let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
         let mut spool = ArtifactSpool::new(&build_dir);
+        let mut budget = ArtifactBudget::new(self.shared.config.limits);
         let mut started = running.assigned;
+        // The server's own deadline: the worker kills the job at its
+        // timeout; this catches a worker that does not.
+        let allowed = Duration::from_secs(job.timeout_secs)
+            .saturating_add(self.shared.config.limits.timeout_grace);
+        let deadline = Instant::now()
+            .checked_add(allowed)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
+        let past_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(past_deadline);
 
         let assignment = ServerToWorker::Job(JobAssignment {
             uuid,
@@ -235,40 +262,62 @@ impl Session<'_> {
                         let msg = match msg {
                             Ok(Some(msg)) => msg,
                             Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
-                            Err(e) => break Err(Interrupted::Lost(Chain(&e).to_string())),
+                            Err(e) => {
+                                let reason = format!("bad frame: {}", Chain(&e));
+                                self.send_failure(&reason).await;
+                                break Err(Interrupted::Lost(reason));
+                            }
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
                             WorkerMessage::Started { uuid: u, at } if u == uuid => {
-                                started = at;
-                                live.set_started(at);
+                                // Not before the job was handed out, not in
+                                // the future.
+                                started = bounds::clamp(at, running.assigned, Timestamp::now());
+                                live.set_started(started);
                                 Ok(())
                             }
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
-                                live.push(lines);
+                                live.push(bounds::bound_lines(lines));
                                 Ok(())
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
-                                match spool.start(path, len) {
-                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| Chain(&e).to_string()),
+                                match budget.start() {
+                                    Ok(()) => spool.start(path, len).map_err(|e| spool_error(&e)),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
-                                match spool.chunk(&data) {
-                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| Chain(&e).to_string()),
+                                match budget.bytes(data.len()) {
+                                    Ok(()) => spool.chunk(&data).map_err(|e| spool_error(&e)),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
-                                break Ok((finished, outcome));
+                                let finished = bounds::clamp(finished, started, Timestamp::now());
+                                break Ok((finished, bounds::bound_outcome(outcome)));
                             }
-                            other => Err(format!("unexpected {} during build {uuid}", kind(&other))),
+                            other => Err(Interrupted::Lost(format!("unexpected {} during build {uuid}", kind(&other)))),
                         };
-                        if let Err(reason) = step {
-                            let _ = self.conn.send(&ServerToWorker::Failure { reason: reason.clone() }).await;
-                            break Err(Interrupted::Lost(reason));
+                        if let Err(end) = step {
+                            if let Interrupted::Lost(reason)
+                            | Interrupted::Abort(reason)
+                            | Interrupted::Storage(reason) = &end
+                            {
+                                self.send_failure(reason).await;
+                            }
+                            break Err(end);
                         }
+                    }
+                    _ = &mut past_deadline => {
+                        let grace = self.shared.config.limits.timeout_grace;
+                        let reason = format!(
+                            "build {uuid} is past its timeout of {} s plus {grace:?} (--timeout-grace)",
+                            job.timeout_secs
+                        );
+                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, timeout_secs = job.timeout_secs, ?grace, "build past its timeout; dropping the worker");
+                        self.send_failure(&reason).await;
+                        break Err(Interrupted::Abort("timeout".into()));
                     }
                     _ = self.ticker.tick() => {
                         if let Err(reason) = self.tick().await {
@@ -304,21 +353,12 @@ impl Session<'_> {
                 // the same way: the build ends here, without its artifacts.
                 tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
                 spool.discard();
-                let failure = ServerToWorker::Failure {
-                    reason: format!("the server cannot store build {uuid}, which is recorded as aborted: {reason}"),
-                };
-                let _ = self.conn.send(&failure).await;
-                let outcome = JobOutcome::Aborted(reason);
-                end_build(
-                    self.shared,
-                    &running,
-                    &live,
-                    started,
-                    Timestamp::now(),
-                    outcome,
-                    (None, Vec::new()),
-                )
-                .await?;
+                self.abort(running, &live, started, reason).await?;
+                return Ok(false);
+            }
+            Err(Interrupted::Abort(message)) => {
+                spool.discard();
+                self.abort(running, &live, started, message).await?;
                 return Ok(false);
             }
         };
@@ -377,14 +417,45 @@ impl Session<'_> {
         build_lost(self.shared, running, live, &reason).await
     }
 
+    /// The build went past a bound, or its artifacts cannot be stored:
+    /// record it aborted with `message`, its artifacts already thrown away;
+    /// the worker is dropped.
+    async fn abort(
+        &mut self,
+        running: Running,
+        live: &Arc<LiveBuild>,
+        started: Timestamp,
+        message: String,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(job = %running.job.job, uuid = %running.uuid, worker = %self.name, %message, "build aborted by the server");
+        let finished = bounds::clamp(Timestamp::now(), started, Timestamp::now());
+        let outcome = JobOutcome::Aborted(message);
+        end_build(
+            self.shared,
+            &running,
+            live,
+            started,
+            finished,
+            outcome,
+            (None, Vec::new()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the worker why it is being dropped, without waiting long for
+    /// a worker that does not read.
+    async fn send_failure(&mut self, reason: &str) {
+        let failure = ServerToWorker::Failure {
+            reason: reason.to_owned(),
+        };
+        let every = self.shared.config.heartbeat;
+        let _ = tokio::time::timeout(every, self.conn.send(&failure)).await;
+    }
+
     /// Tells the worker why it is being dropped; the error ends the session.
     async fn refuse(&mut self, reason: String) -> anyhow::Error {
-        let _ = self
-            .conn
-            .send(&ServerToWorker::Failure {
-                reason: reason.clone(),
-            })
-            .await;
+        self.send_failure(&reason).await;
         anyhow::anyhow!(reason)
     }
 }
@@ -422,6 +493,16 @@ where
                 reachable = false;
             }
         }
+    }
+}
+
+/// A spooling failure: the server's own (disk full, unwritable folder) ends
+/// the build aborted; a worker's inconsistent data means a lost worker.
+fn spool_error(e: &store::StoreError) -> Interrupted {
+    if e.is_protocol() {
+        Interrupted::Lost(Chain(e).to_string())
+    } else {
+        Interrupted::Storage(e.abort_reason("cannot spool an artifact"))
     }
 }
 

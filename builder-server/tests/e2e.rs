@@ -549,7 +549,18 @@ fn connections_over_the_limit_are_refused_with_the_reason() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let held = client_conn(&server.addr).await;
+        // The limit counts connections whose hello was accepted: the
+        // second is turned away once it says hello.
         let mut second = protocol::codec::Connection::connect(&server.addr, 1 << 20)
+            .await
+            .unwrap();
+        second
+            .send(&protocol::message::Hello {
+                version: protocol::message::PROTOCOL_VERSION,
+                role: protocol::message::Role::Client,
+                token: None,
+                software: "test".into(),
+            })
             .await
             .unwrap();
         match second.recv::<HelloReply>().await.unwrap() {

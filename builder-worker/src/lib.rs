@@ -111,7 +111,7 @@ async fn serve(config: &Config, stop: &CancellationToken) -> anyhow::Result<()> 
             Err(SessionError::Failed(e)) if !config.looping => return Err(e),
             Err(SessionError::Failed(e)) => {
                 let delay = backoff.next_delay();
-                warn!(remote = %config.remote, "{e:#}; retrying in {}s", delay.as_secs());
+                warn!(remote = %config.remote, "{e:#}; retrying in {:.1}s", delay.as_secs_f64());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stop.cancelled() => return Ok(()),
@@ -122,7 +122,9 @@ async fn serve(config: &Config, stop: &CancellationToken) -> anyhow::Result<()> 
 }
 
 /// Exponential backoff between reconnections: 1 s doubling up to 30 s, back
-/// to 1 s after a successful hello.
+/// to 1 s after a successful hello. Each delay is jittered to between half
+/// and all of that, so the `--loop` workers of a farm do not all reconnect
+/// in the same instant after a server restart.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
@@ -136,11 +138,17 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt.
+    /// The delay before the next attempt: the current step, jittered.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
+        let step = self.next_step();
+        step.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The current step (before jitter), and on to the next.
+    fn next_step(&mut self) -> Duration {
+        let step = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
+        step
     }
 
     /// After a success: start over.
@@ -173,9 +181,29 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new();
-        let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        let steps: Vec<u64> = (0..8).map(|_| b.next_step().as_secs()).collect();
+        assert_eq!(steps, [1, 2, 4, 8, 16, 30, 30, 30]);
         b.reset();
-        assert_eq!(b.next_delay(), BACKOFF_START);
+        assert_eq!(b.next_step(), BACKOFF_START);
+    }
+
+    #[test]
+    fn backoff_delays_are_jittered_within_their_step() {
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut b = Backoff::new();
+                b.next_step();
+                b.next_delay() // the 2 s step
+            })
+            .collect();
+        for d in &delays {
+            assert!(
+                (Duration::from_secs(1)..=Duration::from_secs(2)).contains(d),
+                "{d:?}"
+            );
+        }
+        // Workers that start together do not retry together.
+        let first = delays[0];
+        assert!(delays.iter().any(|d| *d != first), "no jitter: {first:?}");
     }
 }

@@ -590,7 +590,13 @@ async fn loop_serves_jobs_and_reconnects() {
     assert!(worker.running());
     env.assert_jobs_dir_empty();
     let stderr = worker.stderr();
-    assert!(stderr.contains("retrying in 1s"), "{stderr}");
+    // The first delay is the 1 s step, jittered to 0.5..=1 s.
+    assert!(
+        ["0.5s", "0.6s", "0.7s", "0.8s", "0.9s", "1.0s"]
+            .iter()
+            .any(|d| stderr.contains(&format!("retrying in {d}"))),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -201,6 +201,11 @@ pub struct JobAssignment {
     pub timeout_secs: u64,
 }
 
+/// The longest console line a worker sends, in bytes: a longer line is
+/// split into pieces of this size by the worker, and cut here by the server
+/// if a worker does not.
+pub const MAX_CONSOLE_LINE: usize = 64 * 1024;
+
 /// One line of console output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct OutputLine {
