@@ -46,13 +46,32 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Give up connecting to the server after SECS seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::codec::parse_timeout_secs)]
+    pub connect_timeout: std::time::Duration,
+
+    /// Give up when the server has not answered the hello after SECS
+    /// seconds (the peer is then probably not a builder-server).
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::codec::parse_timeout_secs)]
+    pub hello_timeout: std::time::Duration,
 
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The connect and hello timeouts given on the command line.
+    pub fn timeouts(&self) -> protocol::codec::HandshakeTimeouts {
+        protocol::codec::HandshakeTimeouts {
+            connect: self.connect_timeout,
+            hello: self.hello_timeout,
+        }
+    }
 }
 
 /// The commands.

@@ -4,13 +4,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
+use protocol::codec::{
+    connect_with_timeout, hello_with_timeout, Connection, HandshakeTimeouts, DEFAULT_MAX_FRAME,
+};
 use protocol::message::{ClientRequest, Hello, HelloReply, Role, ServerToClient};
 use protocol::PROTOCOL_VERSION;
 use tokio::net::TcpStream;
-
-/// How long establishing the TCP connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a one-shot request (everything but observe) may wait for its
 /// answer.
@@ -29,23 +28,18 @@ impl Session {
     /// Connects to `remote`, sends the hello and waits for the welcome.
     ///
     /// # Errors
-    /// `cannot connect to <remote>: ...` when the server is unreachable;
+    /// `cannot connect to <remote>: ...` when the server is unreachable or
+    /// does not accept within `timeouts.connect`; `... probably not a
+    /// builder-server` when it does not answer the hello within
+    /// `timeouts.hello`;
     /// `server refused the connection: <reason>` when it refuses the hello.
-    pub async fn open(remote: &str, token: Option<String>) -> Result<Session> {
+    pub async fn open(
+        remote: &str,
+        token: Option<String>,
+        timeouts: HandshakeTimeouts,
+    ) -> Result<Session> {
         tracing::debug!(remote, "connecting");
-        let conn = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(remote, DEFAULT_MAX_FRAME),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(anyhow!(e).context(format!("cannot connect to {remote}"))),
-            Err(_) => bail!(
-                "cannot connect to {remote}: no answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ),
-        };
+        let conn = connect_with_timeout(remote, DEFAULT_MAX_FRAME, timeouts.connect).await?;
         let mut session = Session {
             conn,
             remote: remote.to_owned(),
@@ -56,16 +50,16 @@ impl Session {
             token,
             software: format!("builder-client {}", env!("CARGO_PKG_VERSION")),
         };
-        session
-            .conn
-            .send(&hello)
-            .await
-            .with_context(|| format!("sending the hello to {remote}"))?;
-        let reply: Option<HelloReply> = session
-            .conn
-            .recv()
-            .await
-            .with_context(|| format!("reading the server's hello from {remote}"))?;
+        let conn = &mut session.conn;
+        let reply: Option<HelloReply> = hello_with_timeout(remote, timeouts.hello, async {
+            conn.send(&hello)
+                .await
+                .with_context(|| format!("sending the hello to {remote}"))?;
+            conn.recv()
+                .await
+                .with_context(|| format!("reading the server's hello from {remote}"))
+        })
+        .await??;
         match reply {
             None => bail!("{remote} closed the connection before answering the hello"),
             Some(HelloReply::Refused { reason }) => {

@@ -60,7 +60,7 @@ pub struct InspectArgs {
     /// are never overwritten and nothing is written outside DIR.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// More log output on stderr.
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

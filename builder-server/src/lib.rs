@@ -10,6 +10,7 @@
 //! - [`scheduler`]: queues jobs when they are due.
 //! - [`store`]: `DIR/<job>/<uuid>/full` records.
 //! - [`live`]: running builds and their observers.
+//! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod db;
 pub mod live;
+pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -64,6 +66,13 @@ pub struct Config {
     pub worker_token: Option<String>,
     /// Where and how to deliver records, if anywhere.
     pub upload: Option<upload::UploadConfig>,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere (checked for
+    /// loopback by the caller).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// On shutdown, how long running builds may go on to finish; no new
+    /// build is handed out meanwhile. Zero: stop at once (they are requeued
+    /// at the next start).
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -80,6 +89,8 @@ impl Config {
             client_token: None,
             worker_token: None,
             upload: None,
+            metrics: None,
+            drain_timeout: Duration::ZERO,
         }
     }
 }
@@ -129,18 +140,46 @@ pub async fn run(
     if shared.config.upload.is_some() {
         tasks.spawn(upload::run(shared.clone()));
     }
+    let metrics_addr = match shared.config.metrics {
+        Some(addr) => {
+            let metrics = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            let bound = metrics.local_addr().ok();
+            tasks.spawn(metrics::serve(shared.clone(), metrics));
+            bound
+        }
+        None => None,
+    };
 
-    tracing::info!(
-        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        dir = %shared.config.dir.display(),
-        "builder-server listening"
-    );
+    log_start(&shared.config, &listener, metrics_addr);
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+    // Set once the shutdown signal came with a --drain-timeout.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_until.is_none() => {
+                let timeout = shared.config.drain_timeout;
+                if timeout.is_zero() {
+                    break;
+                }
+                tracing::info!(running = shared.live.len(), timeout_secs = timeout.as_secs(), "draining: no new builds; waiting for the running ones to finish");
+                shared.draining.cancel();
+                drain_until = Some(tokio::time::Instant::now() + timeout);
+            }
+            _ = drain_check.tick(), if drain_until.is_some() => {
+                if shared.live.is_empty() {
+                    tracing::info!("drained: no build running");
+                    break;
+                }
+                if drain_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    tracing::warn!(running = shared.live.len(), "drain timeout: the builds still running are requeued at the next start");
+                    break;
+                }
+            }
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -186,6 +225,27 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The start-up line: where the server listens, where its state and
+/// templates are, where records go (never the password) and who may connect.
+fn log_start(config: &Config, listener: &TcpListener, metrics: Option<std::net::SocketAddr>) {
+    let tokens = match (&config.client_token, &config.worker_token) {
+        (Some(_), Some(_)) => "client and worker tokens",
+        (Some(_), None) => "client token only",
+        (None, Some(_)) => "worker token only",
+        (None, None) => "none",
+    };
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dir = ?config.dir,
+        config_dir = ?config.config_dir,
+        upload = config.upload.as_ref().map_or("none", |u| u.url.as_str()),
+        tokens,
+        metrics = %metrics.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        drain_timeout_secs = config.drain_timeout.as_secs(),
+        "builder-server listening"
+    );
 }
 
 /// Holds an exclusive lock on the state directory so two servers never share

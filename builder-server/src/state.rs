@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::live::LiveBuilds;
+use crate::metrics::Metrics;
 use crate::store::JobDirs;
 use crate::templates::Templates;
 use crate::Config;
@@ -36,6 +37,11 @@ pub struct Shared {
     pub upload_wakeup: Notify,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the server starts draining (`--drain-timeout`): no
+    /// new build is handed out, running ones may finish.
+    pub draining: CancellationToken,
+    /// Prometheus metrics (`--metrics`).
+    pub metrics: Metrics,
     platform_wakeups: Mutex<HashMap<String, Arc<Notify>>>,
     fatal: Mutex<Option<anyhow::Error>>,
 }
@@ -54,6 +60,8 @@ impl Shared {
             schedule_changed: Notify::new(),
             upload_wakeup: Notify::new(),
             shutdown,
+            draining: CancellationToken::new(),
+            metrics: Metrics::default(),
             platform_wakeups: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
         }

@@ -140,6 +140,17 @@ enum Failure {
     Record(String),
 }
 
+impl Failure {
+    /// The `kind` label of the upload failure metric.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Store(_) => "store",
+            Failure::Credentials(_) => "credentials",
+            Failure::Record(_) => "record",
+        }
+    }
+}
+
 /// The uploader task.
 pub async fn run(shared: Arc<Shared>) {
     let config = shared
@@ -229,6 +240,7 @@ pub async fn run(shared: Arc<Shared>) {
                         recorded
                     }
                     Err(failure @ (Failure::Store(_) | Failure::Credentials(_))) => {
+                        shared.metrics.upload_failed(failure.kind());
                         let (wait, error) = match failure {
                             Failure::Credentials(error) => (config.backoff_cap, error),
                             Failure::Store(error) | Failure::Record(error) => (config.backoff(store_failures), error),
@@ -240,6 +252,7 @@ pub async fn run(shared: Arc<Shared>) {
                         shared.db.upload_failed(pending.uuid, &error, now)
                     }
                     Err(Failure::Record(error)) => {
+                        shared.metrics.upload_failed("record");
                         let wait = config.backoff(pending.attempts);
                         shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait))
                     }

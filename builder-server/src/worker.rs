@@ -32,7 +32,10 @@ pub async fn serve(
     host: &str,
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
-    shared.templates.warn_missing(platform);
+    // Only worth saying when there is an orb job that cannot run here.
+    if shared.db.has_orb_jobs().map_err(|e| shared.fatal(e))? {
+        shared.templates.warn_missing(platform);
+    }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -142,7 +145,10 @@ impl Session<'_> {
                 let _ = self.conn.send(&ServerToWorker::Failure { reason }).await;
                 return Ok(None);
             }
-            let claimed = {
+            // Draining for shutdown: hand out nothing, wait for the end.
+            let claimed = if self.shared.draining.is_cancelled() {
+                None
+            } else {
                 let shared = Arc::clone(self.shared);
                 let (platform, name) = (self.platform.to_owned(), self.name.clone());
                 // A commit: off the async threads.
@@ -484,6 +490,7 @@ pub(crate) async fn store_result(
         result: ExecResult::from(&outcome),
     };
     let build_dir = store::build_dir(&shared.config.dir, &job.job, running.uuid);
+    let outcome_for_metrics = outcome.clone();
     let mut result = NewResult {
         uuid: running.uuid,
         job: job.job.clone(),
@@ -512,6 +519,9 @@ pub(crate) async fn store_result(
     })
     .await
     .context("record writer panicked")??;
+    shared
+        .metrics
+        .build_finished(&job.platform, &outcome_for_metrics, started, finished);
     if shared.config.upload.is_some() {
         shared.upload_wakeup.notify_one();
     }

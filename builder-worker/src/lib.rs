@@ -56,9 +56,12 @@ pub struct Config {
     pub looping: bool,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub kill_grace: Duration,
+    /// How long to wait for the TCP connection and the server's hello.
+    pub timeouts: protocol::codec::HandshakeTimeouts,
     /// Where job directories are made (`$TMPDIR`, default `/tmp`).
     pub tmpdir: PathBuf,
-    /// This machine's name, as shown by the server.
+    /// This worker's name, as the server's `info` shows it (`--name`,
+    /// default [`default_name`]). Sent as the hello's `host`.
     pub host: String,
 }
 
@@ -172,6 +175,23 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
 fn parse_token(text: &str) -> Option<String> {
     let token = text.trim_start().lines().next()?.trim();
     (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// The worker's default name: the host name and the process id
+/// (`build1/4711`), so two workers on one host can be told apart.
+pub fn default_name() -> String {
+    format!("{}/{}", host_name(), std::process::id())
+}
+
+/// Checks a `--name`: 1 to 128 characters, none of them a control character.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err("--name must be 1 to 128 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("--name {name:?} holds a control character"));
+    }
+    Ok(())
 }
 
 /// This machine's host name, or `unknown` if it has none.

@@ -1,15 +1,13 @@
 //! `builder-worker PLATFORM [-r HOST:PORT] [--loop]`: see the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use builder_worker::{host_name, read_token_file, Config, DEFAULT_REMOTE};
+use builder_worker::{check_name, default_name, read_token_file, Config, DEFAULT_REMOTE};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 /// Runs builder jobs of one platform: connects to the server, runs the job's
 /// script in a fresh directory under $TMPDIR, and reports its console, result
@@ -46,11 +44,29 @@ struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Give up connecting to the server after SECS seconds (then retry
+    /// with --loop).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::codec::parse_timeout_secs)]
+    connect_timeout: Duration,
+
+    /// Give up when the server has not answered the hello after SECS
+    /// seconds (the peer is then probably not a builder-server).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::codec::parse_timeout_secs)]
+    hello_timeout: Duration,
+
+    /// This worker's name in the server's `info` [default: HOST/PID].
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
+
+    /// Log line format on stderr: text or json.
+    #[arg(long, value_name = "FORMAT", default_value_t = builder_logging::LogFormat::Text)]
+    log_format: builder_logging::LogFormat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    builder_logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -74,8 +90,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         looping: cli.looping,
         kill_grace: Duration::from_secs(cli.kill_grace),
+        timeouts: protocol::codec::HandshakeTimeouts {
+            connect: cli.connect_timeout,
+            hello: cli.hello_timeout,
+        },
         tmpdir: std::env::temp_dir(),
-        host: host_name(),
+        host: cli.name.unwrap_or_else(default_name),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,16 +115,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+fn parse_name(name: &str) -> Result<String, String> {
+    check_name(name).map(|()| name.to_owned())
 }

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
+use protocol::codec::{connect_with_timeout, hello_with_timeout, Connection, DEFAULT_MAX_FRAME};
 use protocol::message::{
     Hello, HelloReply, JobAssignment, JobOutcome, Role, ServerHello, ServerToWorker, Timestamp,
     WorkerMessage,
@@ -29,9 +29,6 @@ use uuid::Uuid;
 
 use crate::job::{self, JobSettings};
 use crate::{Backoff, Config};
-
-/// How long to wait for the TCP connection and for the server's hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The shortest heartbeat interval the worker accepts from a server.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
@@ -76,16 +73,9 @@ pub(crate) async fn run(
 ) -> Result<Ended, SessionError> {
     let remote = &config.remote;
     debug!(%remote, "connecting");
-    let connect = timeout(
-        HANDSHAKE_TIMEOUT,
-        Connection::connect(remote, DEFAULT_MAX_FRAME),
-    );
+    let connect = connect_with_timeout(remote, DEFAULT_MAX_FRAME, config.timeouts.connect);
     let mut conn = tokio::select! {
-        c = connect => match c {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(anyhow!(e).context(format!("cannot connect to {remote}")).into()),
-            Err(_) => return Err(anyhow!("cannot connect to {remote}: timed out after {HANDSHAKE_TIMEOUT:?}").into()),
-        },
+        c = connect => c.map_err(|e| SessionError::Failed(e.into()))?,
         () = stop.cancelled() => return Ok(Ended::Shutdown),
     };
 
@@ -109,10 +99,7 @@ pub(crate) async fn run(
         }
     };
     let reply = tokio::select! {
-        r = timeout(HANDSHAKE_TIMEOUT, handshake) => match r {
-            Ok(reply) => reply?,
-            Err(_) => return Err(anyhow!("no hello reply from {remote} within {HANDSHAKE_TIMEOUT:?}").into()),
-        },
+        r = hello_with_timeout(remote, config.timeouts.hello, handshake) => r.map_err(|e| SessionError::Failed(e.into()))??,
         () = stop.cancelled() => return Ok(Ended::Shutdown),
     };
     let server = match reply {

@@ -11,8 +11,10 @@
 //! sets `TCP_NODELAY`, and a frame's header and body are written with one
 //! buffer so they leave in one write.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -56,6 +58,114 @@ pub enum FrameError {
     /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// How long a client or worker waits for the TCP connection by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client or worker waits for the server's hello reply by
+/// default.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connect and hello timeouts of a client or worker
+/// (`--connect-timeout`, `--hello-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeTimeouts {
+    /// For the TCP connection.
+    pub connect: Duration,
+    /// For the server's hello reply.
+    pub hello: Duration,
+}
+
+impl Default for HandshakeTimeouts {
+    fn default() -> Self {
+        HandshakeTimeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            hello: DEFAULT_HELLO_TIMEOUT,
+        }
+    }
+}
+
+/// Parses a timeout flag: positive seconds, fractions allowed (`10`, `0.5`),
+/// at most a day.
+pub fn parse_timeout_secs(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400 (e.g. 10 or 0.5)"
+        )),
+    }
+}
+
+/// Why a connection to a server could not be set up in time.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The TCP connection failed (refused, unreachable, bad address...).
+    #[error("cannot connect to {remote}")]
+    Connect {
+        /// The address as given.
+        remote: String,
+        /// What the socket said.
+        #[source]
+        source: io::Error,
+    },
+    /// No TCP connection within the connect timeout.
+    #[error("cannot connect to {remote}: no connection within {}s (--connect-timeout)", timeout.as_secs_f64())]
+    ConnectTimeout {
+        /// The address as given.
+        remote: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// Connected, but no hello reply within the hello timeout.
+    #[error("{remote} accepted the connection but did not answer the hello within {}s (--hello-timeout); it is probably not a builder-server", timeout.as_secs_f64())]
+    HelloTimeout {
+        /// The address as given.
+        remote: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+}
+
+/// [`Connection::connect`] giving up after `timeout`.
+///
+/// # Errors
+/// [`HandshakeError::Connect`] or [`HandshakeError::ConnectTimeout`].
+pub async fn connect_with_timeout(
+    remote: &str,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Connection<TcpStream>, HandshakeError> {
+    match tokio::time::timeout(timeout, Connection::connect(remote, max_frame)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(HandshakeError::Connect {
+            remote: remote.to_owned(),
+            source,
+        }),
+        Err(_) => Err(HandshakeError::ConnectTimeout {
+            remote: remote.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+/// Runs `hello` (send the hello, read the reply) giving up after `timeout`
+/// with [`HandshakeError::HelloTimeout`]: a peer that accepts but never
+/// answers is most likely not a builder-server.
+///
+/// # Errors
+/// [`HandshakeError::HelloTimeout`].
+pub async fn hello_with_timeout<F: Future>(
+    remote: &str,
+    timeout: Duration,
+    hello: F,
+) -> Result<F::Output, HandshakeError> {
+    tokio::time::timeout(timeout, hello)
+        .await
+        .map_err(|_| HandshakeError::HelloTimeout {
+            remote: remote.to_owned(),
+            timeout,
+        })
 }
 
 /// The length-prefixed frame codec, with a limit on the payload size.
@@ -351,5 +461,64 @@ mod tests {
             err,
             ConnectionError::Frame(FrameError::TooLarge { max: 16, .. })
         ));
+    }
+    #[tokio::test]
+    async fn a_peer_that_never_answers_the_hello_times_out_with_a_hint() {
+        // Accepts, then says nothing: not a builder-server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap().to_string();
+        let accepting = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            // Held open (not closed) until the test ends.
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let mut conn = connect_with_timeout(&remote, 1024, Duration::from_secs(10))
+            .await
+            .expect("the listener accepts");
+        let err = hello_with_timeout(&remote, Duration::from_millis(200), async {
+            conn.send(&"hello").await.unwrap();
+            conn.recv::<String>().await
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::HelloTimeout { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&remote) && text.contains("probably not a builder-server"),
+            "{text}"
+        );
+        accepting.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error_naming_the_address() {
+        // Bound then dropped: nothing listens there now.
+        let remote = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let err = connect_with_timeout(&remote, 1024, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        match &err {
+            HandshakeError::Connect { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused)
+            }
+            other => panic!("expected a refused connection, got {other:?}"),
+        }
+        assert!(err.to_string().contains(&remote), "{err}");
+    }
+
+    #[test]
+    fn timeout_flags_take_positive_seconds() {
+        assert_eq!(parse_timeout_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout_secs("0.25"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "-1", "soon", "", "1e9", "NaN"] {
+            assert!(parse_timeout_secs(bad).is_err(), "{bad}");
+        }
     }
 }
