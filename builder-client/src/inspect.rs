@@ -268,7 +268,7 @@ impl Extractor {
         };
         match result {
             Ok(n) => {
-                tracing::debug!(path = %escape_bytes(path), len, "written");
+                tracing::debug!(path = ?escape_bytes(path), len, "written");
                 self.written += 1;
                 self.written_bytes += n;
                 Ok(())

@@ -199,7 +199,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.
-                    tracing::error!(error = %e, "accept failed");
+                    tracing::error!(error = ?e.to_string(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -285,7 +285,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
     let mut conn = match Connection::from_tcp(stream, shared.config.max_frame) {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set up connection");
+            tracing::warn!(error = ?e.to_string(), "cannot set up connection");
             return;
         }
     };
@@ -293,7 +293,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&shared, &mut conn)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(reason)) => {
-            tracing::warn!(%peer, %reason, "refused connection");
+            tracing::warn!(%peer, ?reason, "refused connection");
             let _ = conn.send(&HelloReply::Refused { reason }).await;
             return;
         }
@@ -313,7 +313,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
     });
     if let Err(e) = conn.send(&welcome).await {
-        tracing::debug!(%peer, error = %e, "peer left during hello");
+        tracing::debug!(%peer, error = ?e.to_string(), "peer left during hello");
         return;
     }
     let result = match hello.role {
@@ -323,7 +323,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, error = %format!("{e:#}"), "connection ended with an error");
+        tracing::warn!(%peer, error = ?format!("{e:#}"), "connection ended with an error");
     }
 }
 

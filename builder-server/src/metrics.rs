@@ -228,7 +228,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
     {
-        tracing::error!(error = %e, "metrics endpoint failed");
+        tracing::error!(error = ?e.to_string(), "metrics endpoint failed");
     }
 }
 

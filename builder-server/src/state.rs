@@ -85,7 +85,7 @@ impl Shared {
     /// A failure to persist state: the server stops, since it can no longer
     /// keep its promise that acknowledged changes are durable.
     pub fn fatal(&self, error: DbError) -> DbError {
-        tracing::error!(error = %error, "cannot persist state; shutting down");
+        tracing::error!(error = ?error.to_string(), "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
             *fatal = Some(anyhow::anyhow!("{error}"));

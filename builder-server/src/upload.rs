@@ -166,7 +166,7 @@ pub async fn run(shared: Arc<Shared>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot set up the HTTP client; uploads disabled");
+            tracing::error!(error = ?e.to_string(), "cannot set up the HTTP client; uploads disabled");
             return;
         }
     };
@@ -274,7 +274,7 @@ pub async fn run(shared: Arc<Shared>) {
 fn delete_build(full: &std::path::Path) {
     if let Some(dir) = full.parent() {
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot remove delivered build");
+            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove delivered build");
         }
     }
 }
@@ -308,12 +308,12 @@ async fn upload(
     }
     let response = request.send().await.map_err(|e| {
         let error = without_url(&e);
-        tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+        tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
         Failure::Store(error)
     })?;
     let status = response.status();
     if status.is_success() || status == StatusCode::CONFLICT {
-        tracing::info!(job = %pending.job, uuid = %pending.uuid, %status, "record delivered");
+        tracing::info!(job = ?pending.job, uuid = %pending.uuid, %status, "record delivered");
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
@@ -325,12 +325,12 @@ async fn upload(
     let error = format!("HTTP {status}: {}", snippet.trim());
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::error!(
-            job = %pending.job, uuid = %pending.uuid, %error,
+            job = ?pending.job, uuid = %pending.uuid, ?error,
             "builder-web refused the upload credentials: check --upload / --upload-credentials"
         );
         return Err(Failure::Credentials(error));
     }
-    tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+    tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
     if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS

@@ -192,7 +192,7 @@ impl Session<'_> {
     async fn run_build(&mut self, running: Running) -> anyhow::Result<bool> {
         let uuid = running.uuid;
         let job = &running.job;
-        tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = %self.name, "build started");
+        tracing::info!(job = ?job.job, %uuid, platform = ?job.platform, worker = ?self.name, "build started");
         let live = LiveBuild::new(
             BuildHeader {
                 uuid,
@@ -259,7 +259,7 @@ impl Session<'_> {
                         }
                     }
                     Some(reason) = cancel.recv() => {
-                        tracing::info!(%uuid, %reason, "cancelling build");
+                        tracing::info!(%uuid, ?reason, "cancelling build");
                         if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
                             break Err(Interrupted::Lost(format!("cannot send cancel: {e}")));
                         }
@@ -311,18 +311,18 @@ impl Session<'_> {
             // The disk refused the record (full, read-only...). The worker's
             // work is not lost from the schedule: the build is requeued.
             let reason = format!("cannot store the build: {e:#}");
-            tracing::error!(%uuid, error = %reason);
+            tracing::error!(%uuid, error = ?reason);
             self.give_up(running, &live, &build_dir, reason).await?;
             return Ok(false);
         }
         live.finish(finished, outcome.clone());
         self.shared.live.remove(uuid);
-        tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+        tracing::info!(job = ?running.job.job, %uuid, outcome = ?outcome.to_string(), "build finished");
         if !reachable {
             return Ok(false);
         }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
-            tracing::debug!(%uuid, error = %e, "worker left before its build was acknowledged");
+            tracing::debug!(%uuid, error = ?e.to_string(), "worker left before its build was acknowledged");
             return Ok(false);
         }
         Ok(true)
@@ -388,7 +388,7 @@ where
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => format!("no room to send for {every:?}"),
                 };
-                tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");
+                tracing::debug!(peer = conn.peer(), ?error, "worker unreachable while its build is stored");
                 reachable = false;
             }
         }
@@ -420,7 +420,7 @@ async fn build_lost(
     let now = Timestamp::now();
     match fate {
         LostFate::Requeued => {
-            tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
+            tracing::warn!(job = ?running.job.job, %uuid, ?reason, "worker lost; build requeued at the front");
             live.finish(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
@@ -429,7 +429,7 @@ async fn build_lost(
             shared.wake_platform(&running.job.platform);
         }
         LostFate::GiveUp(r) => {
-            tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
+            tracing::error!(job = ?r.job.job, %uuid, ?reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
             let console = live.take_console();
             store_result(
@@ -588,7 +588,7 @@ async fn index_stored(
         Err(e) => {
             // `full` only ever appears complete (renamed after fsync), so
             // this is damage from outside; keep the file for inspection.
-            tracing::error!(path = %path.display(), error = %format!("{e:#}"), "unreadable record; running the build again");
+            tracing::error!(path = ?path.display(), error = ?format!("{e:#}"), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
             std::fs::rename(build_dir, &aside)
                 .with_context(|| format!("cannot move {} aside", build_dir.display()))?;
@@ -608,7 +608,7 @@ async fn index_stored(
         .db
         .finish(&result, shared.config.upload.is_some())
         .map_err(|e| shared.fatal(e))?;
-    tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
+    tracing::info!(job = ?result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
     Ok(true)
 }
 

@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .unwrap_or(0);
     if removed > 0 {
-        info!(count = removed, dir = %config.tmpdir.display(), "removed stale job directories of dead workers");
+        info!(count = removed, dir = ?config.tmpdir.display(), "removed stale job directories of dead workers");
     }
     let stop = CancellationToken::new();
     let work = serve(&config, &stop);
