@@ -78,6 +78,17 @@ impl Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Schedule a shell script job on one platform (and queue it at once).
+    ///
+    /// The job contract: a worker of PLATFORM runs the script in a fresh,
+    /// empty directory under its $TMPDIR (its working directory, removed
+    /// afterwards), with stdin from /dev/null and stdout+stderr as the
+    /// console. It inherits the worker's environment, except BUILDER_TOKEN,
+    /// which is removed. Every regular file it leaves in the directory
+    /// (script.sh excepted; symlinks not followed) is an artifact. The worker
+    /// does not isolate it: it runs as the worker's user with the worker's
+    /// network, file system, CPU and memory, so run workers in a sandbox
+    /// (jail, container, VM) when that matters.
+    #[command(verbatim_doc_comment)]
     Schedule {
         /// Unique job name.
         name: String,
