@@ -317,3 +317,34 @@ fn json_logs_are_one_object_per_line_and_text_logs_quote_values_and_have_no_colo
     );
     assert!(!log.contains('\x1b'), "colours in a pipe: {log}");
 }
+
+#[test]
+fn the_missing_template_warning_comes_only_while_orb_jobs_exist() {
+    let (tmp, server) = setup(&[]);
+    let wtmp = tmp.path().join("worker-tmp");
+    let warning = "no orb-build template";
+    {
+        let _worker = server.worker("linux", &wtmp, &["--loop"]);
+        wait_for("the worker", || {
+            (server.info().workers.len() == 1).then_some(())
+        });
+        wait_log(&server.proc, "worker connected");
+    }
+    assert!(
+        !server.proc.log().contains(warning),
+        "{}",
+        server.proc.log()
+    );
+
+    // An orb job for the platform that has a template; linux has none.
+    let etc = server.dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("orb-build.template.other"),
+        "#!/bin/sh\necho %%OPAM_PACKAGE%%\n",
+    )
+    .unwrap();
+    server.client_ok(&["orb-build", "orb", "hello", "--period", "never"]);
+    let _worker = server.worker("linux", &wtmp, &["--loop"]);
+    wait_log(&server.proc, warning);
+}
