@@ -66,73 +66,84 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        let queue_length = Family::<PlatformLabel, Gauge>::default();
+        let workers_connected = Family::<PlatformLabel, Gauge>::default();
+        let workers_busy = Family::<PlatformLabel, Gauge>::default();
+        let builds_finished = Family::<BuildLabels, Counter>::default();
+        // 1 s .. about 9 h.
+        let build_duration = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+        let upload_spool_depth = Gauge::default();
+        let upload_oldest_pending = Gauge::<f64, AtomicU64>::default();
+        let upload_failures = Family::<KindLabel, Counter>::default();
+        let observers = Gauge::default();
+        let observer_lines_dropped = Counter::default();
+
         let mut registry = Registry::with_prefix("builder");
-        let m = Metrics {
-            queue_length: Family::default(),
-            workers_connected: Family::default(),
-            workers_busy: Family::default(),
-            builds_finished: Family::default(),
-            // 1 s .. about 9 h.
-            build_duration: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
-            upload_spool_depth: Gauge::default(),
-            upload_oldest_pending: Gauge::default(),
-            upload_failures: Family::default(),
-            observers: Gauge::default(),
-            observer_lines_dropped: Counter::default(),
-            scrape: Mutex::new(()),
-            registry: Registry::default(),
-        };
-        registry.register(
+        let r = &mut registry;
+        r.register(
             "queue_length",
             "Builds waiting in a platform's queue",
-            m.queue_length.clone(),
+            queue_length.clone(),
         );
-        registry.register(
+        r.register(
             "workers_connected",
             "Workers connected, by platform",
-            m.workers_connected.clone(),
+            workers_connected.clone(),
         );
-        registry.register(
+        r.register(
             "workers_busy",
             "Workers running a build, by platform",
-            m.workers_busy.clone(),
+            workers_busy.clone(),
         );
-        registry.register(
+        r.register(
             "builds_finished",
             "Builds stored, by platform and result (success, failure, signalled, stopped, aborted)",
-            m.builds_finished.clone(),
+            builds_finished.clone(),
         );
-        registry.register(
+        r.register(
             "build_duration_seconds",
             "Time from a build's start to its end",
-            m.build_duration.clone(),
+            build_duration.clone(),
         );
-        registry.register(
+        r.register(
             "upload_spool_depth",
             "Build records waiting for delivery to builder-web",
-            m.upload_spool_depth.clone(),
+            upload_spool_depth.clone(),
         );
-        registry.register(
+        r.register(
             "upload_oldest_pending_seconds",
             "Age of the oldest record waiting for delivery (0 when none waits)",
-            m.upload_oldest_pending.clone(),
+            upload_oldest_pending.clone(),
         );
-        registry.register(
+        r.register(
             "upload_failures",
             "Failed upload attempts, by kind (store: builder-web unavailable, credentials: refused, record: this record refused)",
-            m.upload_failures.clone(),
+            upload_failures.clone(),
         );
-        registry.register(
+        r.register(
             "observers_connected",
             "Clients following a running build",
-            m.observers.clone(),
+            observers.clone(),
         );
-        registry.register(
+        r.register(
             "observer_lines_dropped",
             "Console lines skipped for observers too slow to keep up",
-            m.observer_lines_dropped.clone(),
+            observer_lines_dropped.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            queue_length,
+            workers_connected,
+            workers_busy,
+            builds_finished,
+            build_duration,
+            upload_spool_depth,
+            upload_oldest_pending,
+            upload_failures,
+            observers,
+            observer_lines_dropped,
+            scrape: Mutex::new(()),
+        }
     }
 }
 
@@ -257,5 +268,44 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".into()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "check panicked\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn counters_are_labelled_and_named_as_documented() {
+        let m = Metrics::default();
+        m.upload_failed("store");
+        m.upload_failed("store");
+        m.upload_failed("record");
+        m.lines_dropped(3);
+        m.lines_dropped(4);
+        let start = Timestamp(0);
+        m.build_finished("p", &JobOutcome::Exited(2), start, Timestamp(3_000_000_000));
+        m.build_finished("p", &JobOutcome::Aborted("timeout".into()), start, start);
+        let text = text(&m);
+        for line in [
+            r#"builder_upload_failures_total{kind="store"} 2"#,
+            r#"builder_upload_failures_total{kind="record"} 1"#,
+            "builder_observer_lines_dropped_total 7",
+            r#"builder_builds_finished_total{platform="p",result="failure"} 1"#,
+            r#"builder_builds_finished_total{platform="p",result="aborted"} 1"#,
+            "builder_build_duration_seconds_count 2",
+            "builder_build_duration_seconds_sum 3.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
     }
 }

@@ -215,8 +215,22 @@ fn metrics_move_as_builds_queue_run_and_finish_and_healthz_answers() {
     assert_eq!(sample(&text, finished), 0.0);
     assert_eq!(sample(&text, "builder_build_duration_seconds_count"), 0.0);
 
+    // Observed.
+    let uuid = server.info().running[0].uuid.to_string();
+    let mut observer = Command::new(bin("builder-client"))
+        .args(["-r", &server.addr, "observe", &uuid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("an observer in the metrics", || {
+        (sample(&get("/metrics").1, "builder_observers_connected") == 1.0).then_some(())
+    });
+
     // Finished.
     std::fs::write(&flag, "").unwrap();
+    assert!(observer.wait().unwrap().success());
     assert!(worker.wait_exit().success(), "{}", worker.log());
     let text = wait_for("the finished build in the metrics", || {
         let text = get("/metrics").1;
