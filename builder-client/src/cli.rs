@@ -44,19 +44,49 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Give up connecting to the server after SECS seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub connect_timeout: std::time::Duration,
+
+    /// Give up when the server has not answered the hello after SECS
+    /// seconds (the peer is then probably not a builder-server).
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub hello_timeout: std::time::Duration,
 
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// The connect and hello timeouts given on the command line.
+    pub fn timeouts(&self) -> protocol::handshake::Timeouts {
+        protocol::handshake::Timeouts {
+            connect: self.connect_timeout,
+            hello: self.hello_timeout,
+        }
+    }
+}
+
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Schedule a shell script job on one platform (and queue it at once).
+    ///
+    /// The job contract: a worker of PLATFORM runs the script in a fresh,
+    /// empty directory under its $TMPDIR (its working directory, removed
+    /// afterwards), with stdin from /dev/null and stdout+stderr as the
+    /// console. It inherits the worker's environment, except BUILDER_TOKEN,
+    /// which is removed. Every regular file it leaves in the directory
+    /// (script.sh excepted; symlinks not followed) is an artifact. The worker
+    /// does not isolate it: it runs as the worker's user with the worker's
+    /// network, file system, CPU and memory, so run workers in a sandbox
+    /// (jail, container, VM) when that matters.
+    #[command(verbatim_doc_comment)]
     Schedule {
         /// Unique job name.
         name: String,

@@ -59,7 +59,7 @@ pub struct InspectArgs {
     /// are never overwritten and nothing is written outside DIR.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// More log output on stderr.
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -263,7 +263,7 @@ impl Extractor {
         };
         match result {
             Ok(n) => {
-                tracing::debug!(path = %escape_bytes(path), len, "written");
+                tracing::debug!(path = ?escape_bytes(path), len, "written");
                 self.written += 1;
                 self.written_bytes += n;
                 Ok(())

@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let request = request(&cli.command)?;
     let token = protocol::token::load_token(cli.token_file.as_deref())?;
 
-    let mut session = Session::open(&cli.remote, token).await?;
+    let mut session = Session::open(&cli.remote, token, cli.timeouts()).await?;
     session.send(&request).await?;
 
     match &request {
@@ -326,21 +326,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Installs the stderr log subscriber: warnings by default, `-v` info,
-/// `-vv` debug, `-vvv` trace; `RUST_LOG` overrides.
+/// Installs the shared logging set-up (see [`builder_logging`]).
 pub fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    builder_logging::init(verbose, builder_logging::LogFormat::Text);
 }

@@ -2,7 +2,7 @@
 //! that man pages and completions can be generated from it
 //! (`packaging/gen-docs`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -104,4 +104,17 @@ pub struct Args {
     /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    // -- operations (issue 13) --
+    /// Log line format on stderr: text or json.
+    #[arg(long, value_name = "FORMAT", default_value_t = builder_logging::LogFormat::Text)]
+    pub log_format: builder_logging::LogFormat,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics and a health
+    /// check on /healthz. Loopback only, unless --insecure.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, hand out no new build and let running builds
+    /// finish for up to SECS seconds; builds still running then are requeued
+    /// at the next start. 0: stop at once (they are requeued likewise).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub drain_timeout: u64,
 }

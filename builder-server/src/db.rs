@@ -363,6 +363,17 @@ impl Db {
         raws.into_iter().map(|raw| self.entry(raw)).collect()
     }
 
+    /// Whether any orb-build job is scheduled.
+    pub fn has_orb_jobs(&self) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'orb')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
     /// Runs a query and collects its rows.
     fn query_all<T>(
         &self,
@@ -905,6 +916,30 @@ impl Db {
             )
             .map_err(|e| self.err(e))
         })
+    }
+
+    /// Records waiting for delivery, and when the oldest of them finished
+    /// (for the metrics).
+    pub fn spool_stats(&self) -> Result<(u64, Option<Timestamp>), DbError> {
+        let conn = self.lock();
+        let (count, oldest): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(finished) FROM results WHERE upload_state = 'pending'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((count.max(0) as u64, oldest.map(Timestamp)))
+    }
+
+    /// A trivial query: whether the database still answers (`/healthz`).
+    pub fn ping(&self) -> Result<(), DbError> {
+        let conn = self.lock();
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     // -- row decoding -------------------------------------------------------

@@ -14,6 +14,7 @@
 //! - [`store`]: `DIR/<job>/<uuid>/full` records.
 //! - [`layout`]: the server's own files, `DIR/.builder/` (lock, `state.db`).
 //! - [`live`]: running builds and their observers.
+//! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod db;
 pub mod layout;
 pub mod live;
+pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -36,6 +38,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use protocol::codec::Connection;
 use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
@@ -85,6 +89,13 @@ pub struct Config {
     pub worker_token: Option<String>,
     /// Where and how to deliver records, if anywhere.
     pub upload: Option<upload::UploadConfig>,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere (checked for
+    /// loopback by the caller).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// On shutdown, how long running builds may go on to finish; no new
+    /// build is handed out meanwhile. Zero: stop at once (they are requeued
+    /// at the next start).
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -106,6 +117,8 @@ impl Config {
             client_token: None,
             worker_token: None,
             upload: None,
+            metrics: None,
+            drain_timeout: Duration::ZERO,
         }
     }
 }
@@ -167,12 +180,19 @@ pub async fn run(
     if shared.config.upload.is_some() {
         tasks.spawn(upload::run(shared.clone()));
     }
+    let metrics_addr = match shared.config.metrics {
+        Some(addr) => {
+            let metrics = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            let bound = metrics.local_addr().ok();
+            tasks.spawn(metrics::serve(shared.clone(), metrics));
+            bound
+        }
+        None => None,
+    };
 
-    tracing::info!(
-        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        dir = %shared.config.dir.display(),
-        "builder-server listening"
-    );
+    log_start(&shared.config, &listener, metrics_addr);
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
     let admission = Arc::new(admission::Admission::new(
@@ -180,9 +200,30 @@ pub async fn run(
         shared.config.max_unauthenticated_per_ip,
         shared.config.max_connections,
     ));
+    // Set once the shutdown signal came with a --drain-timeout.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_until.is_none() => {
+                let timeout = shared.config.drain_timeout;
+                if timeout.is_zero() {
+                    break;
+                }
+                tracing::info!(running = shared.live.len(), timeout_secs = timeout.as_secs(), "draining: no new builds; waiting for the running ones to finish");
+                shared.draining.cancel();
+                drain_until = Some(tokio::time::Instant::now() + timeout);
+            }
+            _ = drain_check.tick(), if drain_until.is_some() => {
+                if shared.live.is_empty() {
+                    tracing::info!("drained: no build running");
+                    break;
+                }
+                if drain_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    tracing::warn!(running = shared.live.len(), "drain timeout: the builds still running are requeued at the next start");
+                    break;
+                }
+            }
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -202,7 +243,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.
-                    tracing::error!(error = %e, "accept failed");
+                    tracing::error!(error = ?e.to_string(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -230,6 +271,27 @@ pub async fn run(
     }
 }
 
+/// The start-up line: where the server listens, where its state and
+/// templates are, where records go (never the password) and who may connect.
+fn log_start(config: &Config, listener: &TcpListener, metrics: Option<std::net::SocketAddr>) {
+    let tokens = match (&config.client_token, &config.worker_token) {
+        (Some(_), Some(_)) => "client and worker tokens",
+        (Some(_), None) => "client token only",
+        (None, Some(_)) => "worker token only",
+        (None, None) => "none",
+    };
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dir = ?config.dir,
+        config_dir = ?config.config_dir,
+        upload = config.upload.as_ref().map_or("none", |u| u.url.as_str()),
+        tokens,
+        metrics = %metrics.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        drain_timeout_secs = config.drain_timeout.as_secs(),
+        "builder-server listening"
+    );
+}
+
 /// Tells a peer over a connection budget why it is turned away.
 async fn refuse_busy(stream: TcpStream, busy: admission::Busy) {
     if let Ok(mut conn) = Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
@@ -252,7 +314,7 @@ async fn handle_connection(
     let mut conn = match Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set up connection");
+            tracing::warn!(error = ?e.to_string(), "cannot set up connection");
             return;
         }
     };
@@ -261,7 +323,7 @@ async fn handle_connection(
     let hello = match tokio::time::timeout(hello_timeout, read_hello(&shared, &mut conn)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(reason)) => {
-            tracing::warn!(%peer, %reason, "refused connection");
+            tracing::warn!(%peer, ?reason, "refused connection");
             let _ = conn.send(&HelloReply::Refused { reason }).await;
             return;
         }
@@ -297,7 +359,7 @@ async fn handle_connection(
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
     });
     if let Err(e) = conn.send(&welcome).await {
-        tracing::debug!(%peer, error = %Chain(&e), "peer left during hello");
+        tracing::debug!(%peer, error = ?Chain(&e).to_string(), "peer left during hello");
         return;
     }
     let result = match hello.role {
@@ -307,7 +369,7 @@ async fn handle_connection(
         }
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, error = %format!("{e:#}"), "connection ended with an error");
+        tracing::warn!(%peer, error = ?format!("{e:#}"), "connection ended with an error");
     }
 }
 

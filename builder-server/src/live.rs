@@ -230,8 +230,7 @@ impl LiveBuild {
         console
     }
 
-    /// How many observers follow the build (for tests).
-    #[cfg(test)]
+    /// How many observers follow the build.
     pub fn observers(&self) -> usize {
         self.lock().tx.receiver_count()
     }
@@ -261,6 +260,21 @@ impl LiveBuilds {
     /// Forgets a build.
     pub fn remove(&self, uuid: Uuid) {
         self.lock().remove(&uuid);
+    }
+
+    /// How many observers follow the running builds.
+    pub fn observers(&self) -> usize {
+        self.lock().values().map(|b| b.observers()).sum()
+    }
+
+    /// How many builds are running.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no build is running.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// A build by UUID.

@@ -10,10 +10,11 @@ use builder_server::cli::Args;
 use builder_server::upload::UploadConfig;
 use builder_server::Config;
 use clap::Parser;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose);
+    builder_logging::init(args.verbose, args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -21,21 +22,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Reads the token of `flag` (rule: [`protocol::token`]).
@@ -62,6 +48,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             "refusing to listen on {} without --client-token-file and --worker-token-file; pass --insecure to do it anyway",
             args.ip
         );
+    }
+    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
+        if !args.insecure {
+            anyhow::bail!(
+                "refusing to serve --metrics on {addr}, which is not a loopback address; pass --insecure to do it anyway"
+            );
+        }
+        tracing::warn!(%addr, "serving metrics beyond loopback (--insecure)");
     }
     if args.heartbeat_ms == 0 || args.job_timeout == 0 {
         anyhow::bail!("--heartbeat-ms and --job-timeout must be positive");
@@ -116,30 +110,51 @@ fn run(args: Args) -> anyhow::Result<()> {
         client_token,
         worker_token,
         upload,
+        metrics: args.metrics,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Before anything else: a SIGHUP from here on is logged, not fatal.
+        let signals = Signals::new()?;
         let addr = SocketAddr::new(args.ip, args.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        builder_server::run(config, listener, shutdown_signal()).await
+        builder_server::run(config, listener, signals.shutdown()).await
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// The signals the server handles: SIGTERM and SIGINT stop it (after a
+/// drain, with --drain-timeout); SIGHUP is logged and ignored, so a server
+/// started from a shell survives the end of the session.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot handle {name}"))
+        };
+        Ok(Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            hup: watch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Completes on SIGTERM or SIGINT.
+    async fn shutdown(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return tracing::info!("SIGTERM received"),
+                _ = self.int.recv() => return tracing::info!("SIGINT received"),
+                _ = self.hup.recv() => tracing::info!("SIGHUP received; ignored (the server keeps running)"),
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

@@ -141,6 +141,17 @@ enum Failure {
     Record(String),
 }
 
+impl Failure {
+    /// The `kind` label of the upload failure metric.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Store(_) => "store",
+            Failure::Credentials(_) => "credentials",
+            Failure::Record(_) => "record",
+        }
+    }
+}
+
 /// The uploader task.
 pub async fn run(shared: Arc<Shared>) {
     let config = shared
@@ -156,7 +167,7 @@ pub async fn run(shared: Arc<Shared>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot set up the HTTP client; uploads disabled");
+            tracing::error!(error = ?e.to_string(), "cannot set up the HTTP client; uploads disabled");
             return;
         }
     };
@@ -246,6 +257,7 @@ pub async fn run(shared: Arc<Shared>) {
                         recorded
                     }
                     Err(failure @ (Failure::Store(_) | Failure::Credentials(_))) => {
+                        shared.metrics.upload_failed(failure.kind());
                         let (wait, error) = match failure {
                             Failure::Credentials(error) => (config.backoff_cap, error),
                             Failure::Store(error) | Failure::Record(error) => (config.backoff(store_failures), error),
@@ -257,6 +269,7 @@ pub async fn run(shared: Arc<Shared>) {
                         shared.db.upload_failed(pending.uuid, &error, now)
                     }
                     Err(Failure::Record(error)) => {
+                        shared.metrics.upload_failed("record");
                         let wait = config.backoff(pending.attempts);
                         shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait))
                     }
@@ -334,7 +347,7 @@ impl<T: Send + 'static> InFlight<T> {
 fn delete_build(full: &std::path::Path) {
     if let Some(dir) = full.parent() {
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot remove delivered build");
+            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove delivered build");
         }
     }
 }
@@ -368,12 +381,12 @@ async fn upload(
     }
     let response = request.send().await.map_err(|e| {
         let error = without_url(&e);
-        tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+        tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
         Failure::Store(error)
     })?;
     let status = response.status();
     if status.is_success() || status == StatusCode::CONFLICT {
-        tracing::info!(job = %pending.job, uuid = %pending.uuid, %status, "record delivered");
+        tracing::info!(job = ?pending.job, uuid = %pending.uuid, %status, "record delivered");
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
@@ -385,12 +398,12 @@ async fn upload(
     let error = format!("HTTP {status}: {}", snippet.trim());
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::error!(
-            job = %pending.job, uuid = %pending.uuid, %error,
+            job = ?pending.job, uuid = %pending.uuid, ?error,
             "builder-web refused the upload credentials: check --upload / --upload-credentials"
         );
         return Err(Failure::Credentials(error));
     }
-    tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+    tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
     if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS

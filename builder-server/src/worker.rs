@@ -44,7 +44,10 @@ pub async fn serve(
     host: &str,
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
-    shared.templates.warn_missing(platform);
+    // Only worth saying when there is an orb job that cannot run here.
+    if shared.db.has_orb_jobs().map_err(|e| shared.fatal(e))? {
+        shared.templates.warn_missing(platform);
+    }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -164,7 +167,10 @@ impl Session<'_> {
                 let _ = self.conn.send(&ServerToWorker::Failure { reason }).await;
                 return Ok(None);
             }
-            let claimed = {
+            // Draining for shutdown: hand out nothing, wait for the end.
+            let claimed = if self.shared.draining.is_cancelled() {
+                Ok(None)
+            } else {
                 let shared = Arc::clone(self.shared);
                 let (platform, name) = (self.platform.to_owned(), self.name.clone());
                 // A commit: off the async threads.
@@ -192,7 +198,7 @@ impl Session<'_> {
                         self.last_seen = Instant::now();
                         let msg = match msg {
                             Ok(msg) => msg,
-                            Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                            Err(e) => return Err(self.refuse(format!("bad frame: {}", Chain(&e))).await),
                         };
                         match msg {
                             Some(WorkerMessage::Heartbeat) => {}
@@ -217,7 +223,7 @@ impl Session<'_> {
     async fn run_build(&mut self, running: Running) -> anyhow::Result<bool> {
         let uuid = running.uuid;
         let job = &running.job;
-        tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = %self.name, "build started");
+        tracing::info!(job = ?job.job, %uuid, platform = ?job.platform, worker = ?self.name, "build started");
         let live = LiveBuild::new(
             BuildHeader {
                 uuid,
@@ -325,7 +331,7 @@ impl Session<'_> {
                         }
                     }
                     Some(reason) = cancel.recv() => {
-                        tracing::info!(%uuid, %reason, "cancelling build");
+                        tracing::info!(%uuid, ?reason, "cancelling build");
                         if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
                             break Err(Interrupted::Lost(format!("cannot send cancel: {}", Chain(&e))));
                         }
@@ -386,12 +392,12 @@ impl Session<'_> {
         // heartbeats of that time are still in the socket, unread.
         self.last_seen = Instant::now();
         let outcome = stored?;
-        tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+        tracing::info!(job = ?running.job.job, %uuid, outcome = ?outcome.to_string(), "build finished");
         if !reachable {
             return Ok(false);
         }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
-            tracing::debug!(%uuid, error = %Chain(&e), "worker left before its build was acknowledged");
+            tracing::debug!(%uuid, error = ?Chain(&e).to_string(), "worker left before its build was acknowledged");
             return Ok(false);
         }
         Ok(true)
@@ -489,7 +495,7 @@ where
                     Ok(Err(e)) => Chain(&e).to_string(),
                     Err(_) => format!("no room to send for {every:?}"),
                 };
-                tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");
+                tracing::debug!(peer = conn.peer(), ?error, "worker unreachable while its build is stored");
                 reachable = false;
             }
         }
@@ -547,7 +553,7 @@ async fn build_lost(
     };
     match fate {
         LostFate::Requeued => {
-            tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
+            tracing::warn!(job = ?running.job.job, %uuid, ?reason, "worker lost; build requeued at the front");
             live.finish(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
@@ -556,7 +562,7 @@ async fn build_lost(
             shared.wake_platform(&running.job.platform);
         }
         LostFate::GiveUp(r) => {
-            tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
+            tracing::error!(job = ?r.job.job, %uuid, ?reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
             end_build(
                 shared,
@@ -706,6 +712,9 @@ pub(crate) async fn store_result(
     .await
     .context("record writer panicked")?;
     let outcome = result.outcome.clone();
+    shared
+        .metrics
+        .build_finished(&job.platform, &outcome, started, finished);
     match indexed {
         Ok(()) => {}
         Err(e) if e.is_disk_full() => index_later(shared, result),
@@ -825,7 +834,7 @@ async fn index_stored(
         Err(e) => {
             // `full` only ever appears complete (renamed after fsync), so
             // this is damage from outside; keep the file for inspection.
-            tracing::error!(path = %path.display(), error = %format!("{e:#}"), "unreadable record; running the build again");
+            tracing::error!(path = ?path.display(), error = ?format!("{e:#}"), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
             if let Err(e) = std::fs::rename(build_dir, &aside) {
                 tracing::error!(dir = %build_dir.display(), error = %e, "cannot move the unreadable record aside");
@@ -856,7 +865,7 @@ async fn index_stored(
         }
         Err(e) => return Err(e.into()),
     }
-    tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
+    tracing::info!(job = ?result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
     Ok(true)
 }
 

@@ -3,6 +3,7 @@
 //! (`packaging/gen-docs`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -43,4 +44,26 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Give up connecting to the server after SECS seconds (then retry
+    /// with --loop).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub connect_timeout: Duration,
+
+    /// Give up when the server has not answered the hello after SECS
+    /// seconds (the peer is then probably not a builder-server).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub hello_timeout: Duration,
+
+    /// This worker's name in the server's `info` [default: HOST/PID].
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+
+    /// Log line format on stderr: text or json.
+    #[arg(long, value_name = "FORMAT", default_value_t = builder_logging::LogFormat::Text)]
+    pub log_format: builder_logging::LogFormat,
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    crate::check_name(name).map(|()| name.to_owned())
 }

@@ -54,9 +54,12 @@ pub struct Config {
     pub looping: bool,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub kill_grace: Duration,
+    /// How long to wait for the TCP connection and the server's hello.
+    pub timeouts: protocol::handshake::Timeouts,
     /// Where job directories are made (`$TMPDIR`, default `/tmp`).
     pub tmpdir: PathBuf,
-    /// This machine's name, as shown by the server.
+    /// This worker's name, as the server's `info` shows it (`--name`,
+    /// default [`default_name`]). Sent as the hello's `host`.
     pub host: String,
 }
 
@@ -77,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .unwrap_or(0);
     if removed > 0 {
-        info!(count = removed, dir = %config.tmpdir.display(), "removed stale job directories of dead workers");
+        info!(count = removed, dir = ?config.tmpdir.display(), "removed stale job directories of dead workers");
     }
     let stop = CancellationToken::new();
     let work = serve(&config, &stop);
@@ -161,6 +164,23 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff::new()
     }
+}
+
+/// The worker's default name: the host name and the process id
+/// (`build1/4711`), so two workers on one host can be told apart.
+pub fn default_name() -> String {
+    format!("{}/{}", host_name(), std::process::id())
+}
+
+/// Checks a `--name`: 1 to 128 characters, none of them a control character.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err("--name must be 1 to 128 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("--name {name:?} holds a control character"));
+    }
+    Ok(())
 }
 
 /// This machine's host name, or `unknown` if it has none.

@@ -1,19 +1,17 @@
 //! `builder-worker PLATFORM [-r HOST:PORT] [--loop]`: see the library.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use builder_worker::cli::Cli;
-use builder_worker::{host_name, Config};
+use builder_worker::{default_name, Config};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    builder_logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -31,8 +29,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         token,
         looping: cli.looping,
         kill_grace: Duration::from_secs(cli.kill_grace),
+        timeouts: protocol::handshake::Timeouts {
+            connect: cli.connect_timeout,
+            hello: cli.hello_timeout,
+        },
         tmpdir: std::env::temp_dir(),
-        host: host_name(),
+        host: cli.name.unwrap_or_else(default_name),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -50,18 +52,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         builder_worker::run(config, shutdown).await
     })
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

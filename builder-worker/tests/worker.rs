@@ -151,12 +151,13 @@ async fn environment_directory_and_hello() {
         "{}",
         hello.software
     );
+    // The default --name: host name and pid.
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     assert_eq!(
         hello.role,
         Role::Worker {
             platform: "test-platform".into(),
-            host
+            host: format!("{host}/{}", worker.pid())
         }
     );
     let script = r#"#!/bin/sh

@@ -130,6 +130,7 @@ async fn follow(
                     continue;
                 }
                 if first > next {
+                    shared.metrics.lines_dropped(first - next);
                     conn.send(&ServerToClient::Dropped {
                         lines: first - next,
                     })
@@ -143,6 +144,7 @@ async fn follow(
             Ok(LiveEvent::End { finished, outcome }) => {
                 let total = live.line_count();
                 if total > next {
+                    shared.metrics.lines_dropped(total - next);
                     conn.send(&ServerToClient::Dropped {
                         lines: total - next,
                     })

@@ -35,7 +35,7 @@ pub fn schedule(
     }
     scheduler::queue_due(shared, now)?;
     shared.schedule_changed.notify_one();
-    tracing::info!(job = %job.name, trigger = %entry.trigger, "job scheduled");
+    tracing::info!(job = ?job.name, trigger = ?entry.trigger.to_string(), "job scheduled");
     let detail = match &job.kind {
         JobKind::Orb { opam_package } => {
             let platforms: Vec<String> = scheduler::scripts(shared, &job)
