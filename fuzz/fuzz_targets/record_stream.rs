@@ -21,8 +21,8 @@ use std::io::{self, Read};
 
 use libfuzzer_sys::fuzz_target;
 use protocol::record::{
-    index_record, read_console_lines, read_record_with_limit, Artifact, Exec,
-    RecordError, RecordHead,
+    index_record, read_console_lines, read_record_with_limit, Artifact, Exec, RecordError,
+    RecordHead,
 };
 
 /// Hands out `data` in reads of the sizes in `sizes`, cyclically.
@@ -70,7 +70,11 @@ fn stream(data: &[u8], pattern: u8, limit: u64) -> Result<Exec, RecordError> {
     let head = read_record_with_limit(ShortReads::new(data, pattern), limit, |path, len, body| {
         let mut content = Vec::new();
         body.read_to_end(&mut content)?;
-        assert_eq!(content.len() as u64, len, "artifact body of the wrong length");
+        assert_eq!(
+            content.len() as u64,
+            len,
+            "artifact body of the wrong length"
+        );
         output.push(Artifact {
             path: path.to_vec(),
             data: content,
@@ -130,6 +134,9 @@ fuzz_target!(|data: &[u8]| {
             .expect("a checkpoint's lines read back");
         console.extend(lines);
     }
-    assert_eq!(console, whole.console, "the indexed console reads back otherwise");
+    assert_eq!(
+        console, whole.console,
+        "the indexed console reads back otherwise"
+    );
     assert_eq!(index.piece(index.checkpoints.len()), None);
 });
