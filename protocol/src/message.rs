@@ -29,7 +29,7 @@ use crate::signal::Signal;
 use crate::trigger::Trigger;
 
 /// The wire protocol version. Bumped on every message change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A point in time: nanoseconds since the Unix epoch, UTC.
 ///
@@ -401,6 +401,43 @@ pub enum ClientRequest {
         /// At most this many.
         limit: u32,
     },
+    /// Change a scheduled job in place: it keeps its name, its history and,
+    /// unless the trigger changes, its next run. Absent fields stay as they
+    /// are; queued runs take the new script, timeout and platform.
+    Update {
+        /// The job's name.
+        name: String,
+        /// A new script (script jobs only).
+        script: Option<String>,
+        /// A new platform (script jobs only).
+        platform: Option<String>,
+        /// A new trigger; its phase starts now.
+        trigger: Option<Trigger>,
+        /// A new per-job timeout.
+        timeout_secs: Option<u64>,
+    },
+    /// [`ClientRequest::Execute`], then observe the build it queued, from
+    /// its first line (the answer is an observe stream).
+    ExecuteObserve {
+        /// The job's name.
+        name: String,
+        /// The platform (needed for an orb-build job on several platforms).
+        platform: Option<String>,
+    },
+    /// Wait for the next build matching the filters to start, then observe
+    /// it from its first line.
+    ObserveNext {
+        /// Only builds of this platform.
+        platform: Option<String>,
+        /// Only builds of this job.
+        job: Option<String>,
+    },
+    /// Send a stored build's record (`full` file): answered with
+    /// [`ServerToClient::RecordStart`] and [`ServerToClient::RecordChunk`]s.
+    Fetch {
+        /// The build.
+        uuid: Uuid,
+    },
 }
 
 /// From the server to a client.
@@ -436,6 +473,30 @@ pub enum ServerToClient {
         finished: Timestamp,
         /// How it ended.
         outcome: JobOutcome,
+    },
+    /// A note for the operator (stderr), before or within an answer: a
+    /// warning about the request (`no worker has ever asked for platform
+    /// ...`) or news of an observed build (`worker lost; requeued (attempt
+    /// 2)`). The answer goes on after it.
+    Notice {
+        /// One line.
+        message: String,
+    },
+    /// A record follows as [`ServerToClient::RecordChunk`]s whose sizes add
+    /// up to exactly `len`.
+    RecordStart {
+        /// The build.
+        uuid: Uuid,
+        /// Its job (the record lives under `<job>/<uuid>/full`).
+        job: String,
+        /// The record's size in bytes.
+        len: u64,
+    },
+    /// Part of the record announced by [`ServerToClient::RecordStart`].
+    RecordChunk {
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -534,6 +595,9 @@ pub struct ResultSummary {
     pub outcome: JobOutcome,
     /// Whether it reached builder-web.
     pub upload: UploadState,
+    /// Which attempt this was: 1, or more when workers were lost before
+    /// (the build keeps its UUID across requeues).
+    pub attempts: u32,
 }
 
 /// Whether a build record reached builder-web.

@@ -253,6 +253,31 @@ fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 limit: 20,
             },
         ),
+        (
+            "update",
+            ClientRequest::Update {
+                name: "hello".into(),
+                script: Some("echo new\n".into()),
+                platform: None,
+                trigger: Some(Trigger::Cron("0 4 * * *".into())),
+                timeout_secs: Some(600),
+            },
+        ),
+        (
+            "execute-observe",
+            ClientRequest::ExecuteObserve {
+                name: "hello".into(),
+                platform: None,
+            },
+        ),
+        (
+            "observe-next",
+            ClientRequest::ObserveNext {
+                platform: Some("linux".into()),
+                job: None,
+            },
+        ),
+        ("fetch", ClientRequest::Fetch { uuid: UUID }),
     ]
 }
 
@@ -264,6 +289,26 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
         started: Timestamp(5),
     };
     vec![
+        (
+            "notice",
+            ServerToClient::Notice {
+                message: "worker lost; requeued (attempt 2)".into(),
+            },
+        ),
+        (
+            "record-start",
+            ServerToClient::RecordStart {
+                uuid: UUID,
+                job: "hello".into(),
+                len: 3,
+            },
+        ),
+        (
+            "record-chunk",
+            ServerToClient::RecordChunk {
+                data: vec![0x30, 0x01, 0xff],
+            },
+        ),
         (
             "success",
             ServerToClient::Success {
@@ -317,6 +362,7 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
                     finished: Timestamp(2),
                     outcome: JobOutcome::Exited(0),
                     upload: UploadState::Delivered { at: Timestamp(3) },
+                    attempts: 1,
                 },
                 ResultSummary {
                     uuid: UUID,
@@ -329,6 +375,7 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
                         attempts: 2,
                         last_error: Some("HTTP 502".into()),
                     },
+                    attempts: 2,
                 },
             ]),
         ),
