@@ -107,6 +107,12 @@ CREATE TABLE results (
 CREATE INDEX results_started ON results (started);
 CREATE INDEX results_job ON results (job, started);
 CREATE INDEX results_upload ON results (upload_state, upload_next, finished);
+"#, r#"
+-- A build's UUID is assigned when it is queued and kept across requeues.
+ALTER TABLE queue ADD COLUMN uuid BLOB;
+ALTER TABLE results ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+-- Platforms workers have asked for, to warn about typos in `schedule`.
+CREATE TABLE known_platforms (platform TEXT PRIMARY KEY, first_seen INTEGER NOT NULL);
 "#];
 
 /// A queued job as a worker receives it.
@@ -154,6 +160,8 @@ pub struct NewResult {
     pub outcome: JobOutcome,
     /// Where its `full` record is.
     pub path: PathBuf,
+    /// Which attempt (1 unless workers were lost before).
+    pub attempts: u32,
 }
 
 /// A record waiting for delivery to builder-web.
@@ -327,6 +335,59 @@ impl Db {
         })
     }
 
+    /// Changes a job in place (see [`JobUpdate`]). Queued runs of it take
+    /// the new script, timeout and platform (keeping their UUIDs).
+    /// `Ok(false)` if there is no such job.
+    pub fn update_job(&self, update: &JobUpdate<'_>) -> Result<bool, DbError> {
+        self.write(|tx| {
+            let entry = update.entry;
+            let (kind, platform, script, package) = job_columns(&entry.job.kind);
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET kind = ?2, platform = ?3, script = ?4, opam_package = ?5, trigger = ?6,
+                         timeout_secs = ?7, next_run = CASE WHEN ?8 THEN ?9 ELSE next_run END
+                     WHERE name = ?1",
+                    params![
+                        entry.job.name,
+                        kind,
+                        platform,
+                        script,
+                        package,
+                        trigger_to_text(&entry.trigger),
+                        entry.timeout_secs.map(|t| t as i64),
+                        update.new_phase,
+                        entry.next_run.map(|t| t.0),
+                    ],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let name = &entry.job.name;
+            tx.execute(
+                "UPDATE queue SET timeout_secs = ?2 WHERE job = ?1",
+                params![name, update.timeout_secs as i64],
+            )
+            .map_err(|e| self.err(e))?;
+            if let JobKind::Script { platform, script } = &entry.job.kind {
+                tx.execute(
+                    "UPDATE queue SET script = ?2 WHERE job = ?1",
+                    params![name, script],
+                )
+                .map_err(|e| self.err(e))?;
+                // A queued run moves to the back of its new platform's queue.
+                tx.execute(
+                    "UPDATE queue SET platform = ?2,
+                         position = (SELECT COALESCE(MAX(position), 0) + 1 FROM queue WHERE platform = ?2)
+                     WHERE job = ?1 AND platform <> ?2",
+                    params![name, platform],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+            Ok(true)
+        })
+    }
+
     /// One scheduled job.
     pub fn job(&self, name: &str) -> Result<Option<ScheduleEntry>, DbError> {
         let conn = self.lock();
@@ -410,7 +471,9 @@ impl Db {
                 }
                 let timeout = entry.timeout_secs.unwrap_or(default_timeout);
                 for (platform, script) in render(&entry.job) {
-                    if self.enqueue_tx(tx, &platform, &entry.job.name, &script, timeout, false)? {
+                    let queued =
+                        self.enqueue_tx(tx, &platform, &entry.job.name, &script, timeout, false)?;
+                    if queued.is_some_and(|(_, changed)| changed) {
                         platforms.push(platform);
                     }
                 }
@@ -435,9 +498,28 @@ impl Db {
         timeout_secs: u64,
         front: bool,
     ) -> Result<bool, DbError> {
-        self.write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, front))
+        Ok(self
+            .write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, front))?
+            .is_some_and(|(_, changed)| changed))
     }
 
+    /// Puts a job at the front of a platform's queue (`execute`) and returns
+    /// the UUID its build will have: a new one, or that of the run already
+    /// queued there. `Ok(None)` if the platform is dropped.
+    pub fn enqueue_front(
+        &self,
+        platform: &str,
+        job: &str,
+        script: &str,
+        timeout_secs: u64,
+    ) -> Result<Option<Uuid>, DbError> {
+        Ok(self
+            .write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, true))?
+            .map(|(uuid, _)| uuid))
+    }
+
+    /// Queues a job; returns the UUID of its queued build and whether the
+    /// queue changed, or `None` if the platform is dropped.
     fn enqueue_tx(
         &self,
         tx: &Transaction<'_>,
@@ -446,7 +528,7 @@ impl Db {
         script: &str,
         timeout_secs: u64,
         front: bool,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Option<(Uuid, bool)>, DbError> {
         let dropped: bool = tx
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM dropped_platforms WHERE platform = ?1)",
@@ -455,7 +537,7 @@ impl Db {
             )
             .map_err(|e| self.err(e))?;
         if dropped {
-            return Ok(false);
+            return Ok(None);
         }
         let (min, max): (Option<i64>, Option<i64>) = tx
             .query_row(
@@ -469,21 +551,53 @@ impl Db {
         } else {
             max.map_or(0, |m| m + 1)
         };
+        let fresh = Uuid::new_v4();
         let n = if front {
             tx.execute(
-                "INSERT INTO queue (platform, job, position, script, timeout_secs) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO queue (platform, job, position, script, timeout_secs, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position,
-                     script = excluded.script, timeout_secs = excluded.timeout_secs",
-                params![platform, job, position, script, timeout_secs as i64],
+                     script = excluded.script, timeout_secs = excluded.timeout_secs,
+                     uuid = COALESCE(queue.uuid, excluded.uuid)",
+                params![platform, job, position, script, timeout_secs as i64, fresh.as_bytes()],
             )
         } else {
             tx.execute(
-                "INSERT OR IGNORE INTO queue (platform, job, position, script, timeout_secs) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![platform, job, position, script, timeout_secs as i64],
+                "INSERT OR IGNORE INTO queue (platform, job, position, script, timeout_secs, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![platform, job, position, script, timeout_secs as i64, fresh.as_bytes()],
             )
         }
         .map_err(|e| self.err(e))?;
-        Ok(n == 1)
+        let uuid: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT uuid FROM queue WHERE platform = ?1 AND job = ?2",
+                params![platform, job],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let uuid = match uuid {
+            Some(bytes) => self.uuid(&bytes)?,
+            // Queued by a server before UUIDs were assigned at queue time.
+            None => {
+                tx.execute(
+                    "UPDATE queue SET uuid = ?3 WHERE platform = ?1 AND job = ?2",
+                    params![platform, job, fresh.as_bytes()],
+                )
+                .map_err(|e| self.err(e))?;
+                fresh
+            }
+        };
+        Ok(Some((uuid, n == 1)))
+    }
+
+    /// Whether the build `uuid` waits in a queue.
+    pub fn is_queued(&self, uuid: Uuid) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = ?1)",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Every platform's queue, front first; platforms in name order.
@@ -520,28 +634,37 @@ impl Db {
         self.write(|tx| {
             let head = tx
                 .query_row(
-                    "SELECT job, script, timeout_secs, lost FROM queue WHERE platform = ?1 ORDER BY position LIMIT 1",
+                    "SELECT job, script, timeout_secs, lost, uuid FROM queue WHERE platform = ?1 ORDER BY position LIMIT 1",
                     [platform],
                     |r| {
-                        Ok(QueuedJob {
-                            job: r.get(0)?,
-                            platform: platform.to_owned(),
-                            script: r.get(1)?,
-                            timeout_secs: r.get::<_, i64>(2)? as u64,
-                            lost: r.get::<_, i64>(3)? as u32,
-                        })
+                        Ok((
+                            QueuedJob {
+                                job: r.get(0)?,
+                                platform: platform.to_owned(),
+                                script: r.get(1)?,
+                                timeout_secs: r.get::<_, i64>(2)? as u64,
+                                lost: r.get::<_, i64>(3)? as u32,
+                            },
+                            r.get::<_, Option<Vec<u8>>>(4)?,
+                        ))
                     },
                 )
                 .optional()
                 .map_err(|e| self.err(e))?;
-            let Some(job) = head else { return Ok(None) };
+            let Some((job, uuid)) = head else {
+                return Ok(None);
+            };
+            let uuid = match uuid {
+                Some(bytes) => self.uuid(&bytes)?,
+                None => Uuid::new_v4(),
+            };
             tx.execute(
                 "DELETE FROM queue WHERE platform = ?1 AND job = ?2",
                 params![platform, job.job],
             )
             .map_err(|e| self.err(e))?;
             let running = Running {
-                uuid: Uuid::new_v4(),
+                uuid,
                 job,
                 assigned: now,
                 worker: worker.to_owned(),
@@ -590,15 +713,17 @@ impl Db {
                 )
                 .map_err(|e| self.err(e))?;
             tx.execute(
-                "INSERT INTO queue (platform, job, position, script, timeout_secs, lost) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position, lost = excluded.lost",
+                "INSERT INTO queue (platform, job, position, script, timeout_secs, lost, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position, lost = excluded.lost,
+                     uuid = excluded.uuid",
                 params![
                     job.platform,
                     job.job,
                     min.map_or(0, |m| m - 1),
                     job.script,
                     job.timeout_secs as i64,
-                    lost as i64
+                    lost as i64,
+                    uuid.as_bytes(),
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -646,24 +771,70 @@ impl Db {
     // -- platforms ----------------------------------------------------------
 
     /// Drops a platform: its queue and script jobs go, new ones are refused.
-    /// Returns how many script jobs were removed.
-    pub fn drop_platform(&self, platform: &str) -> Result<usize, DbError> {
+    /// Returns the names of the script jobs removed, or `None` if the
+    /// platform was dropped already.
+    pub fn drop_platform(&self, platform: &str) -> Result<Option<Vec<String>>, DbError> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?1)",
-                [platform],
-            )
-            .map_err(|e| self.err(e))?;
-            tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])
-                .map_err(|e| self.err(e))?;
             let n = tx
                 .execute(
-                    "DELETE FROM jobs WHERE kind = 'script' AND platform = ?1",
+                    "INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?1)",
                     [platform],
                 )
                 .map_err(|e| self.err(e))?;
-            Ok(n)
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])
+                .map_err(|e| self.err(e))?;
+            let mut stmt = tx
+                .prepare(
+                    "DELETE FROM jobs WHERE kind = 'script' AND platform = ?1 RETURNING name",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut names = stmt
+                .query_map([platform], |r| r.get::<_, String>(0))
+                .map_err(|e| self.err(e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            names.sort();
+            Ok(Some(names))
         })
+    }
+
+    /// Remembers that a worker asked for `platform` (for typo warnings).
+    pub fn note_platform(&self, platform: &str, now: Timestamp) -> Result<(), DbError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO known_platforms (platform, first_seen) VALUES (?1, ?2)",
+                params![platform, now.0],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    /// Whether a worker ever asked for `platform`, or a job or queue uses it.
+    pub fn platform_in_use(&self, platform: &str) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM known_platforms WHERE platform = ?1)
+                 OR EXISTS (SELECT 1 FROM jobs WHERE kind = 'script' AND platform = ?1)
+                 OR EXISTS (SELECT 1 FROM queue WHERE platform = ?1)",
+            [platform],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    /// Whether a worker ever asked for `platform`.
+    pub fn platform_known(&self, platform: &str) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM known_platforms WHERE platform = ?1)",
+            [platform],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Accepts a dropped platform again. `Ok(false)` if it was not dropped.
@@ -712,8 +883,8 @@ impl Db {
                 .ok_or_else(|| self.corrupt(format!("non-UTF-8 path {}", result.path.display())))?;
             tx.execute(
                 "INSERT OR REPLACE INTO results (uuid, job, platform, started, finished, outcome, outcome_value,
-                     outcome_message, path, upload_state, upload_next)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     outcome_message, path, upload_state, upload_next, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     result.uuid.as_bytes(),
                     result.job,
@@ -726,6 +897,7 @@ impl Db {
                     path,
                     if upload { "pending" } else { "none" },
                     if upload { Some(0i64) } else { None },
+                    result.attempts as i64,
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -739,7 +911,7 @@ impl Db {
     pub fn results(&self, job: Option<&str>, limit: u32) -> Result<Vec<ResultSummary>, DbError> {
         let raws = self.query_all(
                 "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
-                        upload_state, upload_attempts, upload_error, delivered_at
+                        upload_state, upload_attempts, upload_error, delivered_at, attempts
                  FROM results WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, rowid DESC LIMIT ?2",
             params![job, limit as i64],
             |r| {
@@ -756,6 +928,7 @@ impl Db {
                     attempts: r.get(9)?,
                     error: r.get(10)?,
                     delivered_at: r.get(11)?,
+                    build_attempts: r.get(12)?,
                 })
             },
         )?;
@@ -957,8 +1130,22 @@ impl Db {
             finished: Timestamp(raw.finished),
             outcome,
             upload,
+            attempts: raw.build_attempts as u32,
         })
     }
+}
+
+/// What `update` changes: the job as it will be, and whether its trigger
+/// changed (then its next run becomes `entry.next_run`; otherwise it is
+/// left alone, so the job keeps its phase).
+#[derive(Debug, Clone)]
+pub struct JobUpdate<'a> {
+    /// The job as it will be.
+    pub entry: &'a ScheduleEntry,
+    /// Whether `entry.next_run` replaces the stored next run.
+    pub new_phase: bool,
+    /// The timeout queued runs get.
+    pub timeout_secs: u64,
 }
 
 /// The columns [`raw_job`] reads.
@@ -1030,6 +1217,7 @@ struct RawResult {
     attempts: i64,
     error: Option<String>,
     delivered_at: Option<i64>,
+    build_attempts: i64,
 }
 
 fn job_columns(kind: &JobKind) -> (&'static str, Option<&str>, Option<&str>, Option<&str>) {
@@ -1137,9 +1325,11 @@ mod tests {
         let (_dir, db) = db();
         db.enqueue("linux", "poison", "s", 10, false).unwrap();
         db.enqueue("linux", "other", "s", 10, false).unwrap();
+        let mut first = None;
         for attempt in 1..=MAX_LOST {
             let r = db.claim("linux", "w", Timestamp(5)).unwrap().unwrap();
             assert_eq!(r.job.job, "poison");
+            assert_eq!(*first.get_or_insert(r.uuid), r.uuid, "one UUID for every attempt");
             assert_eq!(r.job.lost, attempt - 1);
             match db.worker_lost(r.uuid).unwrap() {
                 LostFate::Requeued => assert!(attempt < MAX_LOST),
@@ -1156,11 +1346,27 @@ mod tests {
     }
 
     #[test]
+    fn a_build_has_its_uuid_from_the_moment_it_is_queued() {
+        let (_dir, db) = db();
+        let uuid = db.enqueue_front("linux", "a", "s", 10).unwrap().unwrap();
+        // Queued again (a due run, another execute): the same build.
+        assert!(!db.enqueue("linux", "a", "s", 10, false).unwrap());
+        assert_eq!(db.enqueue_front("linux", "a", "s", 10).unwrap(), Some(uuid));
+        assert!(db.is_queued(uuid).unwrap());
+        let r = db.claim("linux", "w", Timestamp(5)).unwrap().unwrap();
+        assert_eq!(r.uuid, uuid);
+        assert!(!db.is_queued(uuid).unwrap());
+        assert_eq!(db.worker_lost(uuid).unwrap(), LostFate::Requeued);
+        assert!(db.is_queued(uuid).unwrap(), "requeued under its UUID");
+    }
+
+    #[test]
     fn dropped_platform_refuses_work() {
         let (_dir, db) = db();
         db.insert_job(&script_job("a", "linux")).unwrap();
         db.enqueue("linux", "a", "s", 10, false).unwrap();
-        assert_eq!(db.drop_platform("linux").unwrap(), 1);
+        assert_eq!(db.drop_platform("linux").unwrap(), Some(vec!["a".to_owned()]));
+        assert_eq!(db.drop_platform("linux").unwrap(), None, "already dropped");
         assert!(db.queues().unwrap().is_empty());
         assert!(db.jobs().unwrap().is_empty());
         assert!(!db.enqueue("linux", "a", "s", 10, false).unwrap());
@@ -1206,6 +1412,7 @@ mod tests {
                     finished: Timestamp(i as i64 * 10 + 5),
                     outcome: JobOutcome::Signalled(Signal::Kill),
                     path: PathBuf::from(format!("/x/{name}/full")),
+                    attempts: 1,
                 },
                 true,
             )

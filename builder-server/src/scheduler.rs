@@ -113,6 +113,7 @@ mod tests {
                     finished: Timestamp(0),
                     outcome: protocol::message::JobOutcome::Exited(0),
                     path: "/nowhere".into(),
+                    attempts: 1,
                 },
                 false,
             )

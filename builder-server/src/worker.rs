@@ -20,7 +20,7 @@ use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::db::{self, LostFate, NewResult, Running};
-use crate::live::LiveBuild;
+use crate::live::{LiveBuild, Requeue};
 use crate::state::Shared;
 use crate::store::{self, ArtifactSpool};
 
@@ -34,6 +34,10 @@ pub async fn serve(
     let id = shared.workers.register(platform, host, conn.peer());
     shared.templates.warn_missing(platform);
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
+    shared
+        .db
+        .note_platform(platform, Timestamp::now())
+        .map_err(|e| shared.fatal(e))?;
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut session = Session {
@@ -268,7 +272,7 @@ impl Session<'_> {
             Ok(end) => end,
             Err(Interrupted::Shutdown) => {
                 // Left marked running: the next start requeues it.
-                self.shared.live.remove(uuid);
+                self.shared.live.remove(uuid, &live);
                 return Ok(false);
             }
             Err(Interrupted::Lost(reason)) => {
@@ -310,7 +314,7 @@ impl Session<'_> {
             return Ok(false);
         }
         live.finish(finished, outcome.clone());
-        self.shared.live.remove(uuid);
+        self.shared.live.remove(uuid, &live);
         tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
         if !reachable {
             return Ok(false);
@@ -414,12 +418,14 @@ async fn build_lost(
     let now = Timestamp::now();
     match fate {
         LostFate::Requeued => {
-            tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
-            live.finish(
-                now,
-                JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
-            );
-            shared.live.remove(uuid);
+            let attempt = running.job.lost + 2;
+            tracing::warn!(job = %running.job.job, %uuid, %reason, attempt, "worker lost; build requeued at the front");
+            // Same UUID: its observers follow it into its next attempt.
+            live.requeued(Requeue {
+                attempt,
+                reason: reason.to_owned(),
+            });
+            shared.live.remove(uuid, live);
             shared.wake_platform(&running.job.platform);
         }
         LostFate::GiveUp(r) => {
@@ -438,9 +444,9 @@ async fn build_lost(
             .await
             .context("cannot store the aborted build")?;
             live.finish(now, outcome);
-            shared.live.remove(uuid);
+            shared.live.remove(uuid, live);
         }
-        LostFate::Unknown => shared.live.remove(uuid),
+        LostFate::Unknown => shared.live.remove(uuid, live),
     }
     Ok(())
 }
@@ -492,6 +498,7 @@ pub(crate) async fn store_result(
         finished,
         outcome,
         path: PathBuf::new(),
+        attempts: job.lost + 1,
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
@@ -593,6 +600,7 @@ async fn index_stored(
         finished: Timestamp::from_datetime(head.finished),
         outcome: JobOutcome::from(&head.result),
         path,
+        attempts: running.job.lost + 1,
     };
     shared
         .db
