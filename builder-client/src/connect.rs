@@ -150,6 +150,9 @@ pub fn answer_name(msg: &ServerToClient) -> &'static str {
         ServerToClient::Console(_) => "Console",
         ServerToClient::Dropped { .. } => "Dropped",
         ServerToClient::ObserveEnd { .. } => "ObserveEnd",
+        ServerToClient::Notice { .. } => "Notice",
+        ServerToClient::RecordStart { .. } => "RecordStart",
+        ServerToClient::RecordChunk { .. } => "RecordChunk",
     }
 }
 

@@ -29,6 +29,18 @@ pub fn time_exact(t: Timestamp) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
+/// RFC 3339 with milliseconds, truncated (`observe --json`): a stored
+/// record keeps milliseconds, so live and replayed builds print alike.
+pub fn time_millis(t: Timestamp) -> String {
+    t.to_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Seconds rounded to milliseconds, for JSON (`12.345`, not `12.345678901`).
+pub fn secs_millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
 /// A duration for people: `0.250s`, `59.999s`, `3m 05s`, `2h 03m 05s`.
 pub fn duration(d: Duration) -> String {
     let secs = d.as_secs();
@@ -297,8 +309,10 @@ pub struct ResultView {
     pub started: String,
     /// RFC 3339.
     pub finished: String,
-    /// Seconds, fractional.
+    /// Seconds, rounded to milliseconds.
     pub duration_secs: f64,
+    /// Which attempt produced it (more than 1 after lost workers).
+    pub attempts: u32,
     /// Structured outcome.
     pub outcome: OutcomeView,
     /// The outcome as text (`killed by SIGKILL`).
@@ -426,7 +440,8 @@ impl ResultView {
             platform: r.platform.clone(),
             started: time_exact(r.started),
             finished: time_exact(r.finished),
-            duration_secs: r.finished.since(r.started).as_secs_f64(),
+            duration_secs: secs_millis(r.finished.since(r.started)),
+            attempts: r.attempts,
             outcome: OutcomeView::from(&r.outcome),
             result: outcome(&r.outcome),
             upload: match &r.upload {
@@ -541,7 +556,7 @@ pub fn write_results(out: &mut dyn Write, results: &[ResultSummary]) -> io::Resu
         return writeln!(out, "no results");
     }
     let mut t = Table::new(&[
-        "UUID", "JOB", "PLATFORM", "STARTED", "DURATION", "RESULT", "UPLOAD",
+        "UUID", "JOB", "PLATFORM", "STARTED", "DURATION", "ATTEMPTS", "RESULT", "UPLOAD",
     ]);
     for r in results {
         t.row(vec![
@@ -550,6 +565,7 @@ pub fn write_results(out: &mut dyn Write, results: &[ResultSummary]) -> io::Resu
             r.platform.clone(),
             time_secs(r.started),
             duration(r.finished.since(r.started)),
+            r.attempts.to_string(),
             outcome(&r.outcome),
             upload(&r.upload),
         ]);

@@ -474,10 +474,11 @@ pub enum ServerToClient {
         /// How it ended.
         outcome: JobOutcome,
     },
-    /// A note for the operator (stderr), before or within an answer: a
-    /// warning about the request (`no worker has ever asked for platform
-    /// ...`) or news of an observed build (`worker lost; requeued (attempt
-    /// 2)`). The answer goes on after it.
+    /// A line for the operator's stderr, printed as it is, before or within
+    /// an answer: a warning about the request (`warning: no worker has ever
+    /// asked for platform ...`) or news of an observed build (`queued on
+    /// linux as UUID`, `worker lost (...); requeued (attempt 2)`). The
+    /// answer goes on after it.
     Notice {
         /// One line.
         message: String,

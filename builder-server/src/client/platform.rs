@@ -32,7 +32,7 @@ pub fn drop(
     if !known {
         notices.push(ServerToClient::Notice {
             message: format!(
-                "platform {platform} was unknown: no worker ever asked for it and no job or template uses it (a typo?)"
+                "warning: platform {platform} was unknown: no worker ever asked for it and no job or template uses it (a typo?)"
             ),
         });
     }

@@ -88,7 +88,7 @@ fn warn_unknown_platform(
     }
     notices.push(ServerToClient::Notice {
         message: format!(
-            "no worker has ever asked for platform {platform} and it has no orb-build template: check the name (the job waits until such a worker connects)"
+            "warning: no worker has ever asked for platform {platform} and it has no orb-build template: check the name (the job waits until such a worker connects)"
         ),
     });
     Ok(())
