@@ -2,7 +2,9 @@
 //!
 //! The JSON documents are built from the view structs below, not from the
 //! wire types, so their shape is a stable interface of its own: times are
-//! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed), UUIDs
+//! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed; in
+//! `observe --json` always three, since a stored record keeps milliseconds
+//! and a live build must print like a replayed one), UUIDs
 //! are hyphenated, enums are tagged with a lowercase `kind`.
 
 use std::io::{self, Write};
