@@ -56,7 +56,8 @@ pub enum DbError {
 }
 
 /// Forward migrations; entry `i` moves schema version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     name         TEXT PRIMARY KEY,
     kind         TEXT NOT NULL CHECK (kind IN ('script', 'orb')),
@@ -107,13 +108,15 @@ CREATE TABLE results (
 CREATE INDEX results_started ON results (started);
 CREATE INDEX results_job ON results (job, started);
 CREATE INDEX results_upload ON results (upload_state, upload_next, finished);
-"#, r#"
+"#,
+    r#"
 -- A build's UUID is assigned when it is queued and kept across requeues.
 ALTER TABLE queue ADD COLUMN uuid BLOB;
 ALTER TABLE results ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
 -- Platforms workers have asked for, to warn about typos in `schedule`.
 CREATE TABLE known_platforms (platform TEXT PRIMARY KEY, first_seen INTEGER NOT NULL);
-"#];
+"#,
+];
 
 /// A queued job as a worker receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -787,9 +790,7 @@ impl Db {
             tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])
                 .map_err(|e| self.err(e))?;
             let mut stmt = tx
-                .prepare(
-                    "DELETE FROM jobs WHERE kind = 'script' AND platform = ?1 RETURNING name",
-                )
+                .prepare("DELETE FROM jobs WHERE kind = 'script' AND platform = ?1 RETURNING name")
                 .map_err(|e| self.err(e))?;
             let mut names = stmt
                 .query_map([platform], |r| r.get::<_, String>(0))
@@ -1329,7 +1330,11 @@ mod tests {
         for attempt in 1..=MAX_LOST {
             let r = db.claim("linux", "w", Timestamp(5)).unwrap().unwrap();
             assert_eq!(r.job.job, "poison");
-            assert_eq!(*first.get_or_insert(r.uuid), r.uuid, "one UUID for every attempt");
+            assert_eq!(
+                *first.get_or_insert(r.uuid),
+                r.uuid,
+                "one UUID for every attempt"
+            );
             assert_eq!(r.job.lost, attempt - 1);
             match db.worker_lost(r.uuid).unwrap() {
                 LostFate::Requeued => assert!(attempt < MAX_LOST),
@@ -1365,7 +1370,10 @@ mod tests {
         let (_dir, db) = db();
         db.insert_job(&script_job("a", "linux")).unwrap();
         db.enqueue("linux", "a", "s", 10, false).unwrap();
-        assert_eq!(db.drop_platform("linux").unwrap(), Some(vec!["a".to_owned()]));
+        assert_eq!(
+            db.drop_platform("linux").unwrap(),
+            Some(vec!["a".to_owned()])
+        );
         assert_eq!(db.drop_platform("linux").unwrap(), None, "already dropped");
         assert!(db.queues().unwrap().is_empty());
         assert!(db.jobs().unwrap().is_empty());

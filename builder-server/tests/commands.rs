@@ -7,7 +7,6 @@ mod common;
 use std::process::{Command, Stdio};
 
 use common::*;
-use protocol::record::ExecResult;
 
 fn setup() -> (tempfile::TempDir, Server) {
     let tmp = tempfile::tempdir().unwrap();
@@ -62,9 +61,16 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
 
     let executed = executed.wait_with_output().unwrap();
     let waited = waiting.wait_with_output().unwrap();
-    for (name, out) in [("execute --observe", &executed), ("observe-latest --wait", &waited)] {
+    for (name, out) in [
+        ("execute --observe", &executed),
+        ("observe-latest --wait", &waited),
+    ] {
         assert_eq!(out.status.code(), Some(3), "{name}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), "first line\n", "{name} from the first line");
+        assert_eq!(
+            text(&out.stdout),
+            "first line\n",
+            "{name} from the first line"
+        );
     }
     // execute names the build it queued, and that is the build stored.
     let stderr = text(&executed.stderr);
@@ -76,7 +82,10 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
         .to_owned();
     let records = server.records("obs");
     assert_eq!(records.len(), 1);
-    assert!(records[0].to_str().unwrap().contains(&uuid), "{records:?} vs {uuid}");
+    assert!(
+        records[0].to_str().unwrap().contains(&uuid),
+        "{records:?} vs {uuid}"
+    );
 
     // fetch: the record byte for byte, and its artifacts.
     let out_dir = tmp.path().join("fetched");
@@ -87,7 +96,11 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
     );
     let again = server.client(&["fetch", &uuid, "--output", out_dir.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(text(&again.stderr).contains("already exists"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
     let art_dir = tmp.path().join("artifacts");
     server.client_ok(&[
         "fetch",
@@ -96,8 +109,16 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
         art_dir.to_str().unwrap(),
         "--artifacts",
     ]);
-    assert_eq!(std::fs::read_to_string(art_dir.join("out/a.txt")).unwrap(), "art\n");
-    let unknown = server.client(&["fetch", "00000000-0000-4000-8000-000000000000", "--output", "x"]);
+    assert_eq!(
+        std::fs::read_to_string(art_dir.join("out/a.txt")).unwrap(),
+        "art\n"
+    );
+    let unknown = server.client(&[
+        "fetch",
+        "00000000-0000-4000-8000-000000000000",
+        "--output",
+        "x",
+    ]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("no stored build"));
 
@@ -125,7 +146,10 @@ fn typos_are_warned_about_and_every_command_says_what_it_did() {
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(text(&out.stdout), "scheduled typo on debain-12 (daily); queued now\n");
+    assert_eq!(
+        text(&out.stdout),
+        "scheduled typo on debain-12 (daily); queued now\n"
+    );
     // A platform a worker asked for: no warning.
     let out = server.client_ok(&["schedule", "fine", "linux", script, "--period", "weekly"]);
     assert_eq!(text(&out.stderr), "");
@@ -133,10 +157,19 @@ fn typos_are_warned_about_and_every_command_says_what_it_did() {
     // The duplicate name points to update.
     let out = server.client(&["schedule", "fine", "linux", script]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("`update fine`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`update fine`"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // update keeps the next run when the trigger does not change.
-    let before = server.info().schedule.into_iter().find(|e| e.job.name == "fine").unwrap();
+    let before = server
+        .info()
+        .schedule
+        .into_iter()
+        .find(|e| e.job.name == "fine")
+        .unwrap();
     let new_script = common::script(tmp.path(), "new.sh", "echo new\n");
     let out = server.client_ok(&[
         "update",
@@ -148,15 +181,38 @@ fn typos_are_warned_about_and_every_command_says_what_it_did() {
         "--period",
         "weekly",
     ]);
-    assert!(text(&out.stdout).contains("next run unchanged"), "{}", text(&out.stdout));
-    let after = server.info().schedule.into_iter().find(|e| e.job.name == "fine").unwrap();
+    assert!(
+        text(&out.stdout).contains("next run unchanged"),
+        "{}",
+        text(&out.stdout)
+    );
+    let after = server
+        .info()
+        .schedule
+        .into_iter()
+        .find(|e| e.job.name == "fine")
+        .unwrap();
     assert_eq!(after.next_run, before.next_run);
     assert_eq!(after.timeout_secs, Some(30));
-    assert!(matches!(after.job.kind, protocol::message::JobKind::Script { ref script, .. } if script == "echo new\n"));
+    assert!(
+        matches!(after.job.kind, protocol::message::JobKind::Script { ref script, .. } if script == "echo new\n")
+    );
     let out = server.client_ok(&["update", "fine", "--period", "hourly"]);
-    assert!(text(&out.stdout).contains("trigger hourly"), "{}", text(&out.stdout));
-    let hourly = server.info().schedule.into_iter().find(|e| e.job.name == "fine").unwrap();
-    assert_ne!(hourly.next_run, before.next_run, "a new trigger, a new phase");
+    assert!(
+        text(&out.stdout).contains("trigger hourly"),
+        "{}",
+        text(&out.stdout)
+    );
+    let hourly = server
+        .info()
+        .schedule
+        .into_iter()
+        .find(|e| e.job.name == "fine")
+        .unwrap();
+    assert_ne!(
+        hourly.next_run, before.next_run,
+        "a new trigger, a new phase"
+    );
 
     // reschedule into the past is refused.
     let out = server.client(&["reschedule", "fine", "2020-01-01T00:00:00Z"]);
@@ -169,11 +225,22 @@ fn typos_are_warned_about_and_every_command_says_what_it_did() {
 
     // drop-platform names what it removed; unknown and repeated drops say so.
     let out = server.client_ok(&["drop-platform", "debain-12"]);
-    assert_eq!(text(&out.stdout), "dropped platform debain-12; removed script job typo\n");
+    assert_eq!(
+        text(&out.stdout),
+        "dropped platform debain-12; removed script job typo\n"
+    );
     let out = server.client_ok(&["drop-platform", "debain-12"]);
-    assert!(text(&out.stdout).contains("already dropped"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("already dropped"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = server.client_ok(&["drop-platform", "nonexist"]);
-    assert!(text(&out.stderr).contains("platform nonexist was unknown"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("platform nonexist was unknown"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = server.client_ok(&["undrop-platform", "nonexist"]);
     assert!(text(&out.stdout).contains("undropped platform nonexist"));
     let out = server.client_ok(&["undrop-platform", "nonexist"]);

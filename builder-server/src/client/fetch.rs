@@ -56,7 +56,10 @@ pub async fn fetch(shared: &Arc<Shared>, conn: &mut Connection, uuid: Uuid) -> a
         if n == 0 {
             // Records are written once and renamed into place; a shorter
             // file is damage from outside. The client notices the gap.
-            anyhow::bail!("record {} ended after {sent} of {len} bytes", path.display());
+            anyhow::bail!(
+                "record {} ended after {sent} of {len} bytes",
+                path.display()
+            );
         }
         sent += n as u64;
         conn.send(&ServerToClient::RecordChunk {

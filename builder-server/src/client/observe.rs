@@ -133,7 +133,12 @@ pub async fn observe_next(
     job: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut starts = shared.live.subscribe_starts();
-    tracing::info!(peer = conn.peer(), platform, job, "observer waiting for the next build");
+    tracing::info!(
+        peer = conn.peer(),
+        platform,
+        job,
+        "observer waiting for the next build"
+    );
     loop {
         let started = tokio::select! {
             started = starts.recv() => started,

@@ -23,7 +23,8 @@ pub fn drop(
     if let Err(reason) = check_platform(platform) {
         return Ok(Err(reason));
     }
-    let known = shared.db.platform_in_use(platform)? || shared.templates.render(platform, "").is_some();
+    let known =
+        shared.db.platform_in_use(platform)? || shared.templates.render(platform, "").is_some();
     let Some(removed) = shared.db.drop_platform(platform)? else {
         return Ok(Ok(Some(format!(
             "platform {platform} is already dropped; nothing changed"
@@ -42,11 +43,7 @@ pub fn drop(
     let jobs = match removed.as_slice() {
         [] => "no script jobs removed".to_owned(),
         [one] => format!("removed script job {one}"),
-        many => format!(
-            "removed {} script jobs: {}",
-            many.len(),
-            many.join(", ")
-        ),
+        many => format!("removed {} script jobs: {}", many.len(), many.join(", ")),
     };
     Ok(Ok(Some(format!("dropped platform {platform}; {jobs}"))))
 }
