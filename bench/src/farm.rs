@@ -391,7 +391,9 @@ impl Client {
             .request(&ClientRequest::Results { job: None, limit })
             .await?
         {
-            ServerToClient::Results(results) => Ok(results),
+            ServerToClient::ResultList(results) => {
+                Ok(results.into_iter().map(|e| e.summary).collect())
+            }
             ServerToClient::Failure { reason } => bail!("results failed: {reason}"),
             other => bail!("unexpected answer to results: {other:?}"),
         }

@@ -100,5 +100,9 @@ pub fn answer_name(msg: &ServerToClient) -> &'static str {
         ServerToClient::InfoPart(_) => "InfoPart",
         ServerToClient::InfoEnd { .. } => "InfoEnd",
         ServerToClient::Job(_) => "Job",
+        ServerToClient::Notice { .. } => "Notice",
+        ServerToClient::RecordStart { .. } => "RecordStart",
+        ServerToClient::RecordChunk { .. } => "RecordChunk",
+        ServerToClient::ResultList(_) => "ResultList",
     }
 }

@@ -152,6 +152,47 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes every artifact of the record read from `record` under `dir`, by
+/// the rules at the top of this module, and says on stderr what it wrote
+/// (`builder-client fetch --artifacts` streams a record through this).
+///
+/// # Errors
+/// The record is invalid or cannot be read, `dir` cannot be created, or
+/// some artifact was refused or could not be written (after the others
+/// were written).
+pub fn extract_all(record: impl Read, dir: &Path) -> Result<()> {
+    let mut x = Extractor::new(dir)?;
+    let mut total = 0usize;
+    let read = record::read_record(record, |path, len, data| {
+        total += 1;
+        x.extract(path, len, data)
+    });
+    if let Err(e) = read {
+        if x.written > 0 {
+            eprintln!(
+                "note: {} written to {} before the error",
+                count(x.written, "artifact"),
+                x.root.display()
+            );
+        }
+        return Err(anyhow!(e).context("the record"));
+    }
+    let shown = x.root.display();
+    if x.skipped > 0 {
+        bail!(
+            "{} of {} not written to {shown}",
+            x.skipped,
+            count(total, "artifact")
+        );
+    }
+    eprintln!(
+        "wrote {} ({}) to {shown}",
+        count(x.written, "artifact"),
+        human_size(x.written_bytes)
+    );
+    Ok(())
+}
+
 /// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
 /// (the wording of `protocol`, shared by every program).
 pub fn result_text(r: &ExecResult) -> String {

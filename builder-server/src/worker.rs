@@ -32,7 +32,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
-use crate::live::LiveBuild;
+use crate::live::{LiveBuild, Requeue};
 use crate::state::Shared;
 use crate::store::{self, ArtifactSpool};
 
@@ -49,6 +49,10 @@ pub async fn serve(
         shared.templates.warn_missing(platform);
     }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
+    shared
+        .db
+        .note_platform(platform, Timestamp::now())
+        .map_err(|e| shared.fatal(e))?;
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut session = Session {
@@ -346,7 +350,7 @@ impl Session<'_> {
             Ok(end) => end,
             Err(Interrupted::Shutdown) => {
                 // Left marked running: the next start requeues it.
-                self.shared.live.remove(uuid);
+                self.shared.live.remove(uuid, &live);
                 return Ok(false);
             }
             Err(Interrupted::Lost(reason)) => {
@@ -543,7 +547,7 @@ async fn build_lost(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); not requeued: {e}")),
             );
-            shared.live.remove(uuid);
+            shared.live.remove(uuid, live);
             return if e.is_disk_full() {
                 Ok(())
             } else {
@@ -553,12 +557,14 @@ async fn build_lost(
     };
     match fate {
         LostFate::Requeued => {
-            tracing::warn!(job = ?running.job.job, %uuid, ?reason, "worker lost; build requeued at the front");
-            live.finish(
-                now,
-                JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
-            );
-            shared.live.remove(uuid);
+            let attempt = running.job.lost + 2;
+            tracing::warn!(job = ?running.job.job, %uuid, ?reason, attempt, "worker lost; build requeued at the front");
+            // Same UUID: its observers follow it into its next attempt.
+            live.requeued(Requeue {
+                attempt,
+                reason: reason.to_owned(),
+            });
+            shared.live.remove(uuid, live);
             shared.wake_platform(&running.job.platform);
         }
         LostFate::GiveUp(r) => {
@@ -575,7 +581,7 @@ async fn build_lost(
             )
             .await?;
         }
-        LostFate::Unknown => shared.live.remove(uuid),
+        LostFate::Unknown => shared.live.remove(uuid, live),
     }
     Ok(())
 }
@@ -610,7 +616,7 @@ pub(crate) async fn end_build(
         finished,
         stored.as_ref().map_or(outcome, |recorded| recorded.clone()),
     );
-    shared.live.remove(running.uuid);
+    shared.live.remove(running.uuid, live);
     stored
 }
 
@@ -673,6 +679,7 @@ pub(crate) async fn store_result(
         finished,
         outcome,
         path: None,
+        attempts: job.lost + 1,
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
@@ -850,6 +857,7 @@ async fn index_stored(
         finished: Timestamp::from_datetime(head.finished),
         outcome: JobOutcome::from(&head.result),
         path: Some(path),
+        attempts: running.job.lost + 1,
     };
     let indexed = {
         let (blocking, r) = (Arc::clone(shared), result.clone());

@@ -87,7 +87,8 @@ printf 'no newline at the end'
         job: None,
         limit: 10,
     }) {
-        ServerToClient::Results(r) => {
+        ServerToClient::ResultList(r) => {
+            let r: Vec<_> = r.into_iter().map(|e| e.summary).collect();
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].job, "hello");
             assert_eq!(r[0].outcome, JobOutcome::Exited(0));
@@ -620,7 +621,8 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
         job: None,
         limit: 10,
     }) {
-        ServerToClient::Results(r) => {
+        ServerToClient::ResultList(r) => {
+            let r: Vec<_> = r.into_iter().map(|e| e.summary).collect();
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].uuid, running.uuid);
             assert_eq!(r[0].outcome, JobOutcome::Exited(0));

@@ -250,7 +250,8 @@ fn times_lines_and_messages_from_a_worker_are_bounded() {
         job: Some("liar".into()),
         limit: 1,
     }) {
-        ServerToClient::Results(r) => {
+        ServerToClient::ResultList(r) => {
+            let r: Vec<_> = r.into_iter().map(|e| e.summary).collect();
             let r = &r[0];
             let ms = |t: Timestamp| t.0.div_euclid(1_000_000);
             assert_eq!(ms(r.started), ms(Timestamp::from_datetime(exec.started)));
