@@ -634,6 +634,20 @@ impl Db {
         .map_err(|e| self.err(e))
     }
 
+    /// Whether the build `uuid` waits in a queue or has been handed to a
+    /// worker and is not finished: between the claim and the start of its
+    /// live build an observer must wait for it, not be told it is unknown.
+    pub fn is_pending(&self, uuid: Uuid) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = ?1)
+                 OR EXISTS (SELECT 1 FROM running WHERE uuid = ?1)",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
     /// Every platform's queue, front first; platforms in name order.
     pub fn queues(&self) -> Result<Vec<QueueInfo>, DbError> {
         let conn = self.lock();

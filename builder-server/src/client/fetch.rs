@@ -16,8 +16,8 @@ const CHUNK: usize = 256 * 1024;
 /// Sends build `uuid`'s record, or a failure saying why there is none.
 pub async fn fetch(shared: &Arc<Shared>, conn: &mut Connection, uuid: Uuid) -> anyhow::Result<()> {
     let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? else {
-        let queued = shared.db.is_queued(uuid).map_err(|e| shared.fatal(e))?;
-        let reason = if shared.live.get(uuid).is_some() || queued {
+        let pending = shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))?;
+        let reason = if pending {
             format!("build {uuid} has not finished yet (observe it with `observe {uuid}`)")
         } else {
             format!("no stored build {uuid}")

@@ -84,14 +84,14 @@ pub async fn observe(
             .await?;
             return Ok(());
         }
-        if !shared.db.is_queued(uuid).map_err(|e| shared.fatal(e))? && last.is_none() {
+        if !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? && last.is_none() {
             conn.send(&ServerToClient::Failure {
                 reason: format!("no build {uuid}"),
             })
             .await?;
             return Ok(());
         }
-        if last.is_some() && !shared.db.is_queued(uuid).map_err(|e| shared.fatal(e))? {
+        if last.is_some() && !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? {
             // Requeued, then neither queued, running nor stored: it was
             // unscheduled or its platform dropped.
             conn.send(&ServerToClient::Failure {
