@@ -42,19 +42,21 @@ SCRIPT
 "$bin/builder-client" -r "$addr" schedule hello demo-platform "$demo/hello.sh" --period never
 echo "== scheduled job 'hello'"
 
+echo "== live console:"
+# `execute --observe` follows exactly the build it queues (scheduling queued
+# one already; execute moves it to the front and keeps its UUID). The worker
+# starts once the client has said which build it follows.
+"$bin/builder-client" -r "$addr" execute hello --observe 2> "$demo/observe.err" &
+observe_pid=$!
+for _ in $(seq 1 100); do
+    grep -q "queued on" "$demo/observe.err" && break
+    kill -0 "$observe_pid" 2> /dev/null || break
+    sleep 0.1
+done
 TMPDIR="$demo/work" "$bin/builder-worker" demo-platform -r "$addr" 2> "$demo/worker.log" &
 worker_pid=$!
-
-echo "== live console:"
-# observe-latest fails with "no build matches" until the worker has the job.
-for _ in $(seq 1 200); do
-    if "$bin/builder-client" -r "$addr" observe-latest --job hello 2> "$demo/observe.err"; then
-        cat "$demo/observe.err"
-        break
-    fi
-    grep -q "no build matches" "$demo/observe.err" || { cat "$demo/observe.err"; exit 1; }
-    sleep 0.05
-done
+wait "$observe_pid" || { echo "observe failed:"; cat "$demo/observe.err"; exit 1; }
+cat "$demo/observe.err"
 wait "$worker_pid" || { echo "worker failed:"; cat "$demo/worker.log"; exit 1; }
 
 record=$(find "$demo/state/hello" -name full -type f | head -n 1)

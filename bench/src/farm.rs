@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
-use protocol::handshake::{self, HANDSHAKE_TIMEOUT};
+use protocol::handshake;
 use protocol::message::{ClientRequest, Hello, JobKind, JobSpec, ResultSummary, ServerToClient};
 use protocol::trigger::Trigger;
 
@@ -328,10 +328,14 @@ impl Farm {
     /// A client connection to the server, after a successful hello.
     pub async fn connect(&self) -> Result<Client> {
         let hello = Hello::client(None, concat!("builder-bench ", env!("CARGO_PKG_VERSION")));
-        let (conn, _server) =
-            handshake::connect(&self.addr, &hello, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT)
-                .await
-                .context("the benchmark's client")?;
+        let (conn, _server) = handshake::connect(
+            &self.addr,
+            &hello,
+            DEFAULT_MAX_FRAME,
+            handshake::Timeouts::default(),
+        )
+        .await
+        .context("the benchmark's client")?;
         Ok(Client { conn })
     }
 
@@ -387,7 +391,9 @@ impl Client {
             .request(&ClientRequest::Results { job: None, limit })
             .await?
         {
-            ServerToClient::Results(results) => Ok(results),
+            ServerToClient::ResultList(results) => {
+                Ok(results.into_iter().map(|e| e.summary).collect())
+            }
             ServerToClient::Failure { reason } => bail!("results failed: {reason}"),
             other => bail!("unexpected answer to results: {other:?}"),
         }

@@ -3,7 +3,8 @@
 //! Compatible with the reference client (SPEC §2a): the same commands and
 //! positional arguments, `-r/--remote` and `BUILDER_REMOTE`. Additions:
 //! `--cron`, `--timeout`, `--token-file`/`BUILDER_TOKEN`, `--json`, `cancel`,
-//! `results` and `show`. Global options are accepted before or after the command.
+//! `results`, `show`, `update`, `fetch`, `execute --observe` and
+//! `observe-latest --wait`. Global options are accepted before or after the command.
 //!
 //! Everything that can be checked without the server is checked here, while
 //! parsing (cron expressions, periods, RFC 3339 times, UUIDs, the remote
@@ -44,19 +45,49 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Give up connecting to the server after SECS seconds.
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub connect_timeout: std::time::Duration,
+
+    /// Give up when the server has not answered the hello after SECS
+    /// seconds (the peer is then probably not a builder-server).
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
+    pub hello_timeout: std::time::Duration,
 
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// The connect and hello timeouts given on the command line.
+    pub fn timeouts(&self) -> protocol::handshake::Timeouts {
+        protocol::handshake::Timeouts {
+            connect: self.connect_timeout,
+            hello: self.hello_timeout,
+        }
+    }
+}
+
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Schedule a shell script job on one platform (and queue it at once).
+    ///
+    /// The job contract: a worker of PLATFORM runs the script in a fresh,
+    /// empty directory under its $TMPDIR (its working directory, removed
+    /// afterwards), with stdin from /dev/null and stdout+stderr as the
+    /// console. It inherits the worker's environment, except BUILDER_TOKEN,
+    /// which is removed. Every regular file it leaves in the directory
+    /// (script.sh excepted; symlinks not followed) is an artifact. The worker
+    /// does not isolate it: it runs as the worker's user with the worker's
+    /// network, file system, CPU and memory, so run workers in a sandbox
+    /// (jail, container, VM) when that matters.
+    #[command(verbatim_doc_comment)]
     Schedule {
         /// Unique job name.
         name: String,
@@ -91,11 +122,13 @@ pub enum Command {
         name: String,
     },
     /// Set a job's next run to exactly NEXT (and optionally its trigger);
-    /// nothing is queued now.
+    /// nothing is queued now. NEXT must be in the future: to run a job now,
+    /// use `execute NAME`.
     Reschedule {
         /// The job.
         name: String,
-        /// Its next run, an RFC 3339 time (`2025-01-31T04:00:00Z`).
+        /// Its next run, an RFC 3339 time in the future
+        /// (`2025-01-31T04:00:00Z`).
         #[arg(value_parser = parse_rfc3339)]
         next: Timestamp,
         /// When it runs.
@@ -103,12 +136,18 @@ pub enum Command {
         trigger: TriggerArgs,
     },
     /// Put a job at the front of its queue(s) now; its schedule is unchanged.
+    /// Prints the UUID of each build it queued.
     Execute {
         /// The job.
         name: String,
         /// Only on this platform (orb-build jobs run on all otherwise).
         #[arg(long, value_name = "P")]
         platform: Option<String>,
+        /// Follow the build this queued, from its first line, and exit with
+        /// its status (an orb-build job on several platforms needs
+        /// --platform).
+        #[arg(long)]
+        observe: bool,
     },
     /// Show the schedule (without scripts), queues, running builds, dropped
     /// platforms and connected workers.
@@ -119,6 +158,11 @@ pub enum Command {
         name: String,
     },
     /// Follow a build's console and result; exits with the build's status.
+    ///
+    /// A build keeps its UUID from the moment it is queued to its result,
+    /// also when it is requeued after losing its worker: observe waits while
+    /// it is queued, and follows it into its next attempt ("worker lost;
+    /// requeued (attempt 2)" on stderr).
     Observe {
         /// The build.
         #[arg(value_parser = parse_uuid)]
@@ -132,6 +176,10 @@ pub enum Command {
         /// Only builds of this job.
         #[arg(long, value_name = "NAME")]
         job: Option<String>,
+        /// Wait for the next matching build to start and follow it from its
+        /// first line, instead of showing the newest one.
+        #[arg(long)]
+        wait: bool,
     },
     /// Remove a platform's queue and script jobs; refuse new ones.
     DropPlatform {
@@ -148,6 +196,40 @@ pub enum Command {
         /// The build.
         #[arg(value_parser = parse_uuid)]
         uuid: Uuid,
+    },
+    /// Change a scheduled job in place: it keeps its name, its history and,
+    /// unless its trigger changes, its next run. Queued runs take the
+    /// change too.
+    Update {
+        /// The job.
+        name: String,
+        /// A new script (read now, sent to the server).
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        /// A new trigger (its phase starts now).
+        #[command(flatten)]
+        trigger: TriggerArgs,
+        /// A new timeout: kill the job after SECS seconds.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
+        /// A new platform (script jobs only).
+        #[arg(long, value_name = "P")]
+        platform: Option<String>,
+    },
+    /// Download a stored build over the protocol: its record as DIR/full,
+    /// or with --artifacts its artifacts under DIR (the same rules as
+    /// `builder-inspect --output`: nothing outside DIR, nothing
+    /// overwritten, no symlink followed).
+    Fetch {
+        /// The build.
+        #[arg(value_parser = parse_uuid)]
+        uuid: Uuid,
+        /// Where to write (created if missing).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Write the artifacts instead of the record.
+        #[arg(long)]
+        artifacts: bool,
     },
     /// List recent builds with their result and upload state, newest first.
     Results {

@@ -8,9 +8,6 @@ use protocol::handshake;
 use protocol::message::{ClientRequest, Hello, ServerToClient};
 use tokio::net::TcpStream;
 
-/// How long establishing the TCP connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a one-shot request (everything but observe) may wait for its
 /// answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,17 +22,23 @@ impl Session {
     /// Connects to `remote`, sends the hello and waits for the welcome.
     ///
     /// # Errors
-    /// `cannot connect to <remote>` when the server is unreachable;
+    /// `cannot connect to <remote>` when the server is unreachable or does
+    /// not accept within `timeouts.connect`; `... probably not a
+    /// builder-server` when it does not answer the hello in time;
     /// `server refused the connection: <reason>` when it refuses the hello
     /// (see [`protocol::handshake::HandshakeError`]).
-    pub async fn open(remote: &str, token: Option<String>) -> Result<Session> {
+    pub async fn open(
+        remote: &str,
+        token: Option<String>,
+        timeouts: handshake::Timeouts,
+    ) -> Result<Session> {
         tracing::debug!(remote, "connecting");
         let hello = Hello::client(
             token,
             format!("builder-client {}", env!("CARGO_PKG_VERSION")),
         );
         let (conn, server) =
-            handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, CONNECT_TIMEOUT).await?;
+            handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, timeouts).await?;
         tracing::debug!(
             version = server.version,
             software = %server.software,
@@ -97,5 +100,9 @@ pub fn answer_name(msg: &ServerToClient) -> &'static str {
         ServerToClient::InfoPart(_) => "InfoPart",
         ServerToClient::InfoEnd { .. } => "InfoEnd",
         ServerToClient::Job(_) => "Job",
+        ServerToClient::Notice { .. } => "Notice",
+        ServerToClient::RecordStart { .. } => "RecordStart",
+        ServerToClient::RecordChunk { .. } => "RecordChunk",
+        ServerToClient::ResultList(_) => "ResultList",
     }
 }

@@ -59,7 +59,7 @@ pub struct InspectArgs {
     /// are never overwritten and nothing is written outside DIR.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// More log output on stderr.
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -150,6 +150,47 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes every artifact of the record read from `record` under `dir`, by
+/// the rules at the top of this module, and says on stderr what it wrote
+/// (`builder-client fetch --artifacts` streams a record through this).
+///
+/// # Errors
+/// The record is invalid or cannot be read, `dir` cannot be created, or
+/// some artifact was refused or could not be written (after the others
+/// were written).
+pub fn extract_all(record: impl Read, dir: &Path) -> Result<()> {
+    let mut x = Extractor::new(dir)?;
+    let mut total = 0usize;
+    let read = record::read_record(record, |path, len, data| {
+        total += 1;
+        x.extract(path, len, data)
+    });
+    if let Err(e) = read {
+        if x.written > 0 {
+            eprintln!(
+                "note: {} written to {} before the error",
+                count(x.written, "artifact"),
+                x.root.display()
+            );
+        }
+        return Err(anyhow!(e).context("the record"));
+    }
+    let shown = x.root.display();
+    if x.skipped > 0 {
+        bail!(
+            "{} of {} not written to {shown}",
+            x.skipped,
+            count(total, "artifact")
+        );
+    }
+    eprintln!(
+        "wrote {} ({}) to {shown}",
+        count(x.written, "artifact"),
+        human_size(x.written_bytes)
+    );
+    Ok(())
 }
 
 /// `exited 0`, `killed by SIGKILL`, `stopped by SIGSTOP`, `aborted: timeout`
@@ -263,7 +304,7 @@ impl Extractor {
         };
         match result {
             Ok(n) => {
-                tracing::debug!(path = %escape_bytes(path), len, "written");
+                tracing::debug!(path = ?escape_bytes(path), len, "written");
                 self.written += 1;
                 self.written_bytes += n;
                 Ok(())

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod connect;
+pub mod fetch;
 pub mod inspect;
 pub mod output;
 pub mod units;
@@ -42,7 +43,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let request = request(&cli.command)?;
     let token = protocol::token::load_token(cli.token_file.as_deref())?;
 
-    let mut session = Session::open(&cli.remote, token).await?;
+    let mut session = Session::open(&cli.remote, token, cli.timeouts()).await?;
     session.send(&request).await?;
 
     match &request {
@@ -72,8 +73,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClientRequest::Results { .. } => {
-            let results = match session.recv_answer("sending the results").await? {
-                ServerToClient::Results(results) => results,
+            let results = match answer(&mut session, "sending the results", cli.json).await? {
+                ServerToClient::ResultList(results) => results,
                 other => return unexpected(other),
             };
             let mut out = io::stdout().lock();
@@ -86,10 +87,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        ClientRequest::Observe { .. } | ClientRequest::ObserveLatest { .. } => {
-            observe(&mut session, cli.json).await
+        ClientRequest::Observe { .. }
+        | ClientRequest::ObserveLatest { .. }
+        | ClientRequest::ObserveNext { .. }
+        | ClientRequest::ExecuteObserve { .. } => observe(&mut session, cli.json).await,
+        ClientRequest::Fetch { .. } => {
+            let Command::Fetch {
+                output, artifacts, ..
+            } = &cli.command
+            else {
+                unreachable!("only fetch sends Fetch");
+            };
+            fetch::fetch(&mut session, output, *artifacts, cli.json).await
         }
-        _ => match session.recv_answer("answering the request").await? {
+        _ => match answer(&mut session, "answering the request", cli.json).await? {
             ServerToClient::Success { detail } => {
                 let mut out = io::stdout().lock();
                 if cli.json {
@@ -105,6 +116,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             other => unexpected(other),
         },
+    }
+}
+
+/// The next answer, with the notices before it printed on stderr, giving
+/// up after [`connect::ANSWER_TIMEOUT`].
+async fn answer(session: &mut Session, waiting: &str, json: bool) -> Result<ServerToClient> {
+    loop {
+        match session.recv_answer(waiting).await? {
+            ServerToClient::Notice { message } => notice(&message, json),
+            other => return Ok(other),
+        }
+    }
+}
+
+/// Prints a server's notice on stderr (as `{"notice": ...}` with `--json`).
+pub fn notice(message: &str, json: bool) {
+    if json {
+        eprintln!("{}", serde_json::json!({ "notice": message }));
+    } else {
+        eprintln!("{message}");
     }
 }
 
@@ -156,17 +187,55 @@ pub fn request(command: &Command) -> Result<ClientRequest> {
             next: *next,
             trigger: trigger.trigger(),
         },
-        Command::Execute { name, platform } => ClientRequest::Execute {
+        Command::Execute {
+            name,
+            platform,
+            observe: false,
+        } => ClientRequest::Execute {
+            name: name.clone(),
+            platform: platform.clone(),
+        },
+        Command::Execute {
+            name,
+            platform,
+            observe: true,
+        } => ClientRequest::ExecuteObserve {
             name: name.clone(),
             platform: platform.clone(),
         },
         Command::Info => ClientRequest::Info,
         Command::Show { name } => ClientRequest::Show { name: name.clone() },
         Command::Observe { uuid } => ClientRequest::Observe { uuid: *uuid },
-        Command::ObserveLatest { platform, job } => ClientRequest::ObserveLatest {
+        Command::ObserveLatest {
+            platform,
+            job,
+            wait: false,
+        } => ClientRequest::ObserveLatest {
             platform: platform.clone(),
             job: job.clone(),
         },
+        Command::ObserveLatest {
+            platform,
+            job,
+            wait: true,
+        } => ClientRequest::ObserveNext {
+            platform: platform.clone(),
+            job: job.clone(),
+        },
+        Command::Update {
+            name,
+            script,
+            trigger,
+            timeout,
+            platform,
+        } => ClientRequest::Update {
+            name: name.clone(),
+            script: script.as_deref().map(read_script).transpose()?,
+            platform: platform.clone(),
+            trigger: trigger.trigger(),
+            timeout_secs: *timeout,
+        },
+        Command::Fetch { uuid, .. } => ClientRequest::Fetch { uuid: *uuid },
         Command::DropPlatform { platform } => ClientRequest::DropPlatform {
             platform: platform.clone(),
         },
@@ -223,7 +292,7 @@ async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
                             uuid: h.uuid.hyphenated().to_string(),
                             job: h.job.clone(),
                             platform: h.platform.clone(),
-                            started: output::time_exact(h.started),
+                            started: output::time_millis(h.started),
                         },
                     )?;
                     out.flush()?;
@@ -258,13 +327,17 @@ async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
                     eprintln!("[{lines} lines not shown: observer too slow]");
                 }
             }
+            ServerToClient::Notice { message } => {
+                out.flush()?;
+                notice(&message, json);
+            }
             ServerToClient::ObserveEnd { finished, outcome } if header.is_some() => {
                 let status = outcome.exit_status();
                 if json {
                     output::write_json_line(
                         &mut out,
                         &ObserveEvent::End {
-                            finished: output::time_exact(finished),
+                            finished: output::time_millis(finished),
                             outcome: output::OutcomeView::from(&outcome),
                             result: output::outcome(&outcome),
                             exit_status: status,
@@ -317,6 +390,60 @@ fn unexpected<T>(msg: ServerToClient) -> Result<T> {
     }
 }
 
+/// Prints a failure: `error: {:#}` on stderr, or `{"error": "..."}` with
+/// `--json`. Returns exit status 1.
+pub fn report_error(err: &anyhow::Error, json: bool) -> ExitCode {
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    } else {
+        eprintln!("error: {err:#}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Reports a command-line error. Help and version go to stdout with status
+/// 0. A usage error keeps clap's usage and tip, but ends with exactly one
+/// line `error: ...` (clap starts with it, and may spread it over several
+/// lines), so `tail -1` and log scrapers see the error; exit status 2.
+/// With `--json`, the error alone as `{"error": "..."}`.
+pub fn usage_error(err: clap::Error, json: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let (message, rest) = split_usage_error(&rendered);
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": message }));
+    } else {
+        if !rest.is_empty() {
+            eprintln!("{rest}");
+        }
+        eprintln!("error: {message}");
+    }
+    ExitCode::from(2)
+}
+
+/// Splits clap's rendered error into its message (the first paragraph,
+/// without `error: `, on one line) and the rest (usage, tips).
+fn split_usage_error(rendered: &str) -> (String, String) {
+    let text = rendered.trim_end();
+    let (first, rest) = text.split_once("\n\n").unwrap_or((text, ""));
+    let message = first
+        .strip_prefix("error: ")
+        .unwrap_or(first)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (message, rest.trim().to_owned())
+}
+
 /// True when `err` is (caused by) a broken pipe on stdout, e.g.
 /// `builder-client observe ... | head`: not worth an error message.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -326,21 +453,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Installs the stderr log subscriber: warnings by default, `-v` info,
-/// `-vv` debug, `-vvv` trace; `RUST_LOG` overrides.
+/// Installs the shared logging set-up (see [`builder_logging`]).
 pub fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+    builder_logging::init(verbose, builder_logging::LogFormat::Text);
 }

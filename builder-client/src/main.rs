@@ -1,4 +1,8 @@
 //! `builder-client`: see [`builder_client`] and `builder-client --help`.
+//!
+//! Errors: one `error: ...` line on stderr and exit status 1 (2 for a usage
+//! error, as clap has it). With `--json` the error is a JSON object on
+//! stderr instead, `{"error": "..."}`, with the same exit status.
 
 use std::process::ExitCode;
 
@@ -6,7 +10,11 @@ use builder_client::cli::Cli;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let json = std::env::args_os().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return builder_client::usage_error(e, json),
+    };
     builder_client::init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -14,16 +22,15 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return builder_client::report_error(
+                &anyhow::anyhow!(e).context("cannot start the async runtime"),
+                json,
+            )
         }
     };
     match runtime.block_on(builder_client::run(cli)) {
         Ok(code) => code,
         Err(e) if builder_client::is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => builder_client::report_error(&e, json),
     }
 }

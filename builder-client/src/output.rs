@@ -2,7 +2,9 @@
 //!
 //! The JSON documents are built from the view structs below, not from the
 //! wire types, so their shape is a stable interface of its own: times are
-//! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed), UUIDs
+//! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed; in
+//! `observe --json` always three, since a stored record keeps milliseconds
+//! and a live build must print like a replayed one), UUIDs
 //! are hyphenated, enums are tagged with a lowercase `kind`.
 
 use std::io::{self, Write};
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use protocol::info::InfoSummary;
 use protocol::message::{
-    BuildHeader, JobKind, JobOutcome, JobSummary, JobSummaryKind, OutputLine, ResultSummary,
+    BuildHeader, JobKind, JobOutcome, JobSummary, JobSummaryKind, OutputLine, ResultEntry,
     ScheduleEntry, Timestamp, UploadState,
 };
 use protocol::trigger::Trigger;
@@ -29,6 +31,18 @@ pub fn time_secs(t: Timestamp) -> String {
 pub fn time_exact(t: Timestamp) -> String {
     t.to_datetime()
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// RFC 3339 with milliseconds, truncated (`observe --json`): a stored
+/// record keeps milliseconds, so live and replayed builds print alike.
+pub fn time_millis(t: Timestamp) -> String {
+    t.to_datetime()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Seconds rounded to milliseconds, for JSON (`12.345`, not `12.345678901`).
+pub fn secs_millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// A duration for people: `0.250s`, `59.999s`, `3m 05s`, `2h 03m 05s`.
@@ -298,8 +312,10 @@ pub struct ResultView {
     pub started: String,
     /// RFC 3339.
     pub finished: String,
-    /// Seconds, fractional.
+    /// Seconds, rounded to milliseconds.
     pub duration_secs: f64,
+    /// Which attempt produced it (more than 1 after lost workers).
+    pub attempts: u32,
     /// Structured outcome.
     pub outcome: OutcomeView,
     /// The outcome as text (`killed by SIGKILL`).
@@ -437,14 +453,16 @@ impl InfoView {
 
 impl ResultView {
     /// Builds the view of one result.
-    pub fn new(r: &ResultSummary) -> ResultView {
+    pub fn new(entry: &ResultEntry) -> ResultView {
+        let r = &entry.summary;
         ResultView {
             uuid: r.uuid.hyphenated().to_string(),
             job: r.job.clone(),
             platform: r.platform.clone(),
             started: time_exact(r.started),
             finished: time_exact(r.finished),
-            duration_secs: r.finished.since(r.started).as_secs_f64(),
+            duration_secs: secs_millis(r.finished.since(r.started)),
+            attempts: entry.attempts,
             outcome: OutcomeView::from(&r.outcome),
             result: outcome(&r.outcome),
             upload: match &r.upload {
@@ -585,20 +603,22 @@ pub fn write_job(out: &mut dyn Write, e: &ScheduleEntry) -> io::Result<()> {
 }
 
 /// `results` as a table.
-pub fn write_results(out: &mut dyn Write, results: &[ResultSummary]) -> io::Result<()> {
+pub fn write_results(out: &mut dyn Write, results: &[ResultEntry]) -> io::Result<()> {
     if results.is_empty() {
         return writeln!(out, "no results");
     }
     let mut t = Table::new(&[
-        "UUID", "JOB", "PLATFORM", "STARTED", "DURATION", "RESULT", "UPLOAD",
+        "UUID", "JOB", "PLATFORM", "STARTED", "DURATION", "ATTEMPTS", "RESULT", "UPLOAD",
     ]);
-    for r in results {
+    for entry in results {
+        let r = &entry.summary;
         t.row(vec![
             r.uuid.hyphenated().to_string(),
             r.job.clone(),
             r.platform.clone(),
             time_secs(r.started),
             duration(r.finished.since(r.started)),
+            entry.attempts.to_string(),
             outcome(&r.outcome),
             upload(&r.upload),
         ]);

@@ -9,8 +9,8 @@ use common::{client, error_lines, Behaviour, Scripted};
 use protocol::info::InfoSummary;
 use protocol::message::{
     BuildHeader, ClientRequest, Info, JobKind, JobOutcome, JobSpec, JobSummary, OutputLine,
-    QueueInfo, ResultSummary, Role, RunningBuild, ScheduleEntry, ServerToClient, Timestamp,
-    UploadState, WorkerInfo,
+    QueueInfo, ResultEntry, ResultSummary, Role, RunningBuild, ScheduleEntry, ServerToClient,
+    Timestamp, UploadState, WorkerInfo,
 };
 use protocol::signal::Signal;
 use protocol::trigger::Trigger;
@@ -503,30 +503,36 @@ fn show_prints_the_job_with_its_whole_script() {
     assert_eq!(stderr(&out), "error: no job named nope\n");
 }
 
-fn sample_results() -> Vec<ResultSummary> {
+fn sample_results() -> Vec<ResultEntry> {
     vec![
-        ResultSummary {
-            uuid: uuid(),
-            job: "job5".into(),
-            platform: "linux".into(),
-            started: ts("2026-11-23T17:56:34.599Z"),
-            finished: ts("2026-11-23T17:56:35.659Z"),
-            outcome: JobOutcome::Signalled(Signal::from_portable(-7)),
-            upload: UploadState::Pending {
-                attempts: 3,
-                last_error: Some("HTTP 502".into()),
+        ResultEntry {
+            summary: ResultSummary {
+                uuid: uuid(),
+                job: "job5".into(),
+                platform: "linux".into(),
+                started: ts("2026-11-23T17:56:34.599Z"),
+                finished: ts("2026-11-23T17:56:35.659400001Z"),
+                outcome: JobOutcome::Signalled(Signal::from_portable(-7)),
+                upload: UploadState::Pending {
+                    attempts: 3,
+                    last_error: Some("HTTP 502".into()),
+                },
             },
+            attempts: 2,
         },
-        ResultSummary {
-            uuid: Uuid::nil(),
-            job: "job1".into(),
-            platform: "freebsd".into(),
-            started: ts("2026-11-23T17:00:00Z"),
-            finished: ts("2026-11-23T18:02:03Z"),
-            outcome: JobOutcome::Aborted("timeout".into()),
-            upload: UploadState::Delivered {
-                at: ts("2026-11-23T18:02:04Z"),
+        ResultEntry {
+            summary: ResultSummary {
+                uuid: Uuid::nil(),
+                job: "job1".into(),
+                platform: "freebsd".into(),
+                started: ts("2026-11-23T17:00:00Z"),
+                finished: ts("2026-11-23T18:02:03Z"),
+                outcome: JobOutcome::Aborted("timeout".into()),
+                upload: UploadState::Delivered {
+                    at: ts("2026-11-23T18:02:04Z"),
+                },
             },
+            attempts: 1,
         },
     ]
 }
@@ -535,7 +541,7 @@ fn sample_results() -> Vec<ResultSummary> {
 fn results_table_and_json() {
     let (req, out) = exchange(
         &["results", "--job", "job5", "--limit", "5"],
-        vec![ServerToClient::Results(sample_results())],
+        vec![ServerToClient::ResultList(sample_results())],
     );
     assert_eq!(
         req,
@@ -549,6 +555,7 @@ fn results_table_and_json() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[0].starts_with("UUID"));
+    assert!(lines[0].contains("ATTEMPTS"), "{}", lines[0]);
     for needle in [
         UUID,
         "job5",
@@ -572,7 +579,7 @@ fn results_table_and_json() {
 
     let (req, out) = exchange(
         &["results", "--json"],
-        vec![ServerToClient::Results(sample_results())],
+        vec![ServerToClient::ResultList(sample_results())],
     );
     assert_eq!(
         req,
@@ -597,6 +604,10 @@ fn results_table_and_json() {
         serde_json::json!({"kind": "delivered", "at": "2026-11-23T18:02:04Z"})
     );
     assert_eq!(v[1]["duration_secs"], 3723.0);
+    // Rounded to milliseconds, and the attempts that made the build.
+    assert_eq!(v[0]["duration_secs"], 1.06);
+    assert_eq!(v[0]["attempts"], 2);
+    assert_eq!(v[1]["attempts"], 1);
 }
 
 fn line(delta_ns: i64, data: &[u8]) -> OutputLine {
@@ -698,7 +709,8 @@ fn observe_latest_sends_its_filters_and_speaks_ndjson() {
     );
     assert_eq!(events[0]["uuid"], UUID);
     assert_eq!(events[0]["job"], "job1");
-    assert_eq!(events[0]["started"], "2030-01-01T00:00:00Z");
+    // Milliseconds always: a replayed record has no finer times.
+    assert_eq!(events[0]["started"], "2030-01-01T00:00:00.000Z");
     assert_eq!(events[2]["text"], "second \u{fffd} raw");
     assert_eq!(events[2]["delta_ns"], 2);
     assert_eq!(events[3]["lines"], 7);

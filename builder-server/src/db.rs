@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use protocol::message::{
-    JobKind, JobOutcome, JobSpec, QueueInfo, ResultSummary, RunningBuild, ScheduleEntry, Timestamp,
-    UploadState,
+    JobKind, JobOutcome, JobSpec, QueueInfo, ResultEntry, ResultSummary, RunningBuild,
+    ScheduleEntry, Timestamp, UploadState,
 };
 use protocol::signal::Signal;
 use protocol::trigger::Trigger;
@@ -75,7 +75,8 @@ impl DbError {
 }
 
 /// Forward migrations; entry `i` moves schema version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     name         TEXT PRIMARY KEY,
     kind         TEXT NOT NULL CHECK (kind IN ('script', 'orb')),
@@ -126,7 +127,15 @@ CREATE TABLE results (
 CREATE INDEX results_started ON results (started);
 CREATE INDEX results_job ON results (job, started);
 CREATE INDEX results_upload ON results (upload_state, upload_next, finished);
-"#];
+"#,
+    r#"
+-- A build's UUID is assigned when it is queued and kept across requeues.
+ALTER TABLE queue ADD COLUMN uuid BLOB;
+ALTER TABLE results ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+-- Platforms workers have asked for, to warn about typos in `schedule`.
+CREATE TABLE known_platforms (platform TEXT PRIMARY KEY, first_seen INTEGER NOT NULL);
+"#,
+];
 
 /// A queued job as a worker receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +183,8 @@ pub struct NewResult {
     /// Where its `full` record is; `None` when it could not be stored (the
     /// result is indexed all the same, and never uploaded).
     pub path: Option<PathBuf>,
+    /// Which attempt (1 unless workers were lost before).
+    pub attempts: u32,
 }
 
 /// A record waiting for delivery to builder-web.
@@ -369,6 +380,59 @@ impl Db {
         })
     }
 
+    /// Changes a job in place (see [`JobUpdate`]). Queued runs of it take
+    /// the new script, timeout and platform (keeping their UUIDs).
+    /// `Ok(false)` if there is no such job.
+    pub fn update_job(&self, update: &JobUpdate<'_>) -> Result<bool, DbError> {
+        self.write(|tx| {
+            let entry = update.entry;
+            let (kind, platform, script, package) = job_columns(&entry.job.kind);
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET kind = ?2, platform = ?3, script = ?4, opam_package = ?5, trigger = ?6,
+                         timeout_secs = ?7, next_run = CASE WHEN ?8 THEN ?9 ELSE next_run END
+                     WHERE name = ?1",
+                    params![
+                        entry.job.name,
+                        kind,
+                        platform,
+                        script,
+                        package,
+                        trigger_to_text(&entry.trigger),
+                        entry.timeout_secs.map(|t| t as i64),
+                        update.new_phase,
+                        entry.next_run.map(|t| t.0),
+                    ],
+                )
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let name = &entry.job.name;
+            tx.execute(
+                "UPDATE queue SET timeout_secs = ?2 WHERE job = ?1",
+                params![name, update.timeout_secs as i64],
+            )
+            .map_err(|e| self.err(e))?;
+            if let JobKind::Script { platform, script } = &entry.job.kind {
+                tx.execute(
+                    "UPDATE queue SET script = ?2 WHERE job = ?1",
+                    params![name, script],
+                )
+                .map_err(|e| self.err(e))?;
+                // A queued run moves to the back of its new platform's queue.
+                tx.execute(
+                    "UPDATE queue SET platform = ?2,
+                         position = (SELECT COALESCE(MAX(position), 0) + 1 FROM queue WHERE platform = ?2)
+                     WHERE job = ?1 AND platform <> ?2",
+                    params![name, platform],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+            Ok(true)
+        })
+    }
+
     /// One scheduled job.
     pub fn job(&self, name: &str) -> Result<Option<ScheduleEntry>, DbError> {
         let conn = self.lock();
@@ -383,6 +447,17 @@ impl Db {
     pub fn jobs(&self) -> Result<Vec<ScheduleEntry>, DbError> {
         let raws = self.query_all(&format!("{JOB_SELECT} ORDER BY name"), [], raw_job)?;
         raws.into_iter().map(|raw| self.entry(raw)).collect()
+    }
+
+    /// Whether any orb-build job is scheduled.
+    pub fn has_orb_jobs(&self) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'orb')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Runs a query and collects its rows.
@@ -452,7 +527,9 @@ impl Db {
                 }
                 let timeout = entry.timeout_secs.unwrap_or(default_timeout);
                 for (platform, script) in render(&entry.job) {
-                    if self.enqueue_tx(tx, &platform, &entry.job.name, &script, timeout, false)? {
+                    let queued =
+                        self.enqueue_tx(tx, &platform, &entry.job.name, &script, timeout, false)?;
+                    if queued.is_some_and(|(_, changed)| changed) {
                         platforms.push(platform);
                     }
                 }
@@ -477,9 +554,28 @@ impl Db {
         timeout_secs: u64,
         front: bool,
     ) -> Result<bool, DbError> {
-        self.write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, front))
+        Ok(self
+            .write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, front))?
+            .is_some_and(|(_, changed)| changed))
     }
 
+    /// Puts a job at the front of a platform's queue (`execute`) and returns
+    /// the UUID its build will have: a new one, or that of the run already
+    /// queued there. `Ok(None)` if the platform is dropped.
+    pub fn enqueue_front(
+        &self,
+        platform: &str,
+        job: &str,
+        script: &str,
+        timeout_secs: u64,
+    ) -> Result<Option<Uuid>, DbError> {
+        Ok(self
+            .write(|tx| self.enqueue_tx(tx, platform, job, script, timeout_secs, true))?
+            .map(|(uuid, _)| uuid))
+    }
+
+    /// Queues a job; returns the UUID of its queued build and whether the
+    /// queue changed, or `None` if the platform is dropped.
     fn enqueue_tx(
         &self,
         tx: &Transaction<'_>,
@@ -488,7 +584,7 @@ impl Db {
         script: &str,
         timeout_secs: u64,
         front: bool,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Option<(Uuid, bool)>, DbError> {
         let dropped: bool = tx
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM dropped_platforms WHERE platform = ?1)",
@@ -497,7 +593,7 @@ impl Db {
             )
             .map_err(|e| self.err(e))?;
         if dropped {
-            return Ok(false);
+            return Ok(None);
         }
         let (min, max): (Option<i64>, Option<i64>) = tx
             .query_row(
@@ -511,21 +607,67 @@ impl Db {
         } else {
             max.map_or(0, |m| m + 1)
         };
+        let fresh = Uuid::new_v4();
         let n = if front {
             tx.execute(
-                "INSERT INTO queue (platform, job, position, script, timeout_secs) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO queue (platform, job, position, script, timeout_secs, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position,
-                     script = excluded.script, timeout_secs = excluded.timeout_secs",
-                params![platform, job, position, script, timeout_secs as i64],
+                     script = excluded.script, timeout_secs = excluded.timeout_secs,
+                     uuid = COALESCE(queue.uuid, excluded.uuid)",
+                params![platform, job, position, script, timeout_secs as i64, fresh.as_bytes()],
             )
         } else {
             tx.execute(
-                "INSERT OR IGNORE INTO queue (platform, job, position, script, timeout_secs) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![platform, job, position, script, timeout_secs as i64],
+                "INSERT OR IGNORE INTO queue (platform, job, position, script, timeout_secs, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![platform, job, position, script, timeout_secs as i64, fresh.as_bytes()],
             )
         }
         .map_err(|e| self.err(e))?;
-        Ok(n == 1)
+        let uuid: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT uuid FROM queue WHERE platform = ?1 AND job = ?2",
+                params![platform, job],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let uuid = match uuid {
+            Some(bytes) => self.uuid(&bytes)?,
+            // Queued by a server before UUIDs were assigned at queue time.
+            None => {
+                tx.execute(
+                    "UPDATE queue SET uuid = ?3 WHERE platform = ?1 AND job = ?2",
+                    params![platform, job, fresh.as_bytes()],
+                )
+                .map_err(|e| self.err(e))?;
+                fresh
+            }
+        };
+        Ok(Some((uuid, n == 1)))
+    }
+
+    /// Whether the build `uuid` waits in a queue.
+    pub fn is_queued(&self, uuid: Uuid) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = ?1)",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    /// Whether the build `uuid` waits in a queue or has been handed to a
+    /// worker and is not finished: between the claim and the start of its
+    /// live build an observer must wait for it, not be told it is unknown.
+    pub fn is_pending(&self, uuid: Uuid) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = ?1)
+                 OR EXISTS (SELECT 1 FROM running WHERE uuid = ?1)",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Imports a reference server's state in one transaction: jobs whose
@@ -570,7 +712,9 @@ impl Db {
                     .map_err(|e| self.err(e))?;
             }
             for q in &import.queued {
-                if self.enqueue_tx(tx, &q.platform, &q.job, &q.script, q.timeout_secs, false)? {
+                if let Some((_, true)) =
+                    self.enqueue_tx(tx, &q.platform, &q.job, &q.script, q.timeout_secs, false)?
+                {
                     done.queued += 1;
                 }
             }
@@ -612,28 +756,37 @@ impl Db {
         self.write(|tx| {
             let head = tx
                 .query_row(
-                    "SELECT job, script, timeout_secs, lost FROM queue WHERE platform = ?1 ORDER BY position LIMIT 1",
+                    "SELECT job, script, timeout_secs, lost, uuid FROM queue WHERE platform = ?1 ORDER BY position LIMIT 1",
                     [platform],
                     |r| {
-                        Ok(QueuedJob {
-                            job: r.get(0)?,
-                            platform: platform.to_owned(),
-                            script: r.get(1)?,
-                            timeout_secs: r.get::<_, i64>(2)? as u64,
-                            lost: r.get::<_, i64>(3)? as u32,
-                        })
+                        Ok((
+                            QueuedJob {
+                                job: r.get(0)?,
+                                platform: platform.to_owned(),
+                                script: r.get(1)?,
+                                timeout_secs: r.get::<_, i64>(2)? as u64,
+                                lost: r.get::<_, i64>(3)? as u32,
+                            },
+                            r.get::<_, Option<Vec<u8>>>(4)?,
+                        ))
                     },
                 )
                 .optional()
                 .map_err(|e| self.err(e))?;
-            let Some(job) = head else { return Ok(None) };
+            let Some((job, uuid)) = head else {
+                return Ok(None);
+            };
+            let uuid = match uuid {
+                Some(bytes) => self.uuid(&bytes)?,
+                None => Uuid::new_v4(),
+            };
             tx.execute(
                 "DELETE FROM queue WHERE platform = ?1 AND job = ?2",
                 params![platform, job.job],
             )
             .map_err(|e| self.err(e))?;
             let running = Running {
-                uuid: Uuid::new_v4(),
+                uuid,
                 job,
                 assigned: now,
                 worker: worker.to_owned(),
@@ -682,15 +835,17 @@ impl Db {
                 )
                 .map_err(|e| self.err(e))?;
             tx.execute(
-                "INSERT INTO queue (platform, job, position, script, timeout_secs, lost) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position, lost = excluded.lost",
+                "INSERT INTO queue (platform, job, position, script, timeout_secs, lost, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position, lost = excluded.lost,
+                     uuid = excluded.uuid",
                 params![
                     job.platform,
                     job.job,
                     min.map_or(0, |m| m - 1),
                     job.script,
                     job.timeout_secs as i64,
-                    lost as i64
+                    lost as i64,
+                    uuid.as_bytes(),
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -756,24 +911,68 @@ impl Db {
     // -- platforms ----------------------------------------------------------
 
     /// Drops a platform: its queue and script jobs go, new ones are refused.
-    /// Returns how many script jobs were removed.
-    pub fn drop_platform(&self, platform: &str) -> Result<usize, DbError> {
+    /// Returns the names of the script jobs removed, or `None` if the
+    /// platform was dropped already.
+    pub fn drop_platform(&self, platform: &str) -> Result<Option<Vec<String>>, DbError> {
         self.write(|tx| {
-            tx.execute(
-                "INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?1)",
-                [platform],
-            )
-            .map_err(|e| self.err(e))?;
-            tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])
-                .map_err(|e| self.err(e))?;
             let n = tx
                 .execute(
-                    "DELETE FROM jobs WHERE kind = 'script' AND platform = ?1",
+                    "INSERT OR IGNORE INTO dropped_platforms (platform) VALUES (?1)",
                     [platform],
                 )
                 .map_err(|e| self.err(e))?;
-            Ok(n)
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])
+                .map_err(|e| self.err(e))?;
+            let mut stmt = tx
+                .prepare("DELETE FROM jobs WHERE kind = 'script' AND platform = ?1 RETURNING name")
+                .map_err(|e| self.err(e))?;
+            let mut names = stmt
+                .query_map([platform], |r| r.get::<_, String>(0))
+                .map_err(|e| self.err(e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            names.sort();
+            Ok(Some(names))
         })
+    }
+
+    /// Remembers that a worker asked for `platform` (for typo warnings).
+    pub fn note_platform(&self, platform: &str, now: Timestamp) -> Result<(), DbError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO known_platforms (platform, first_seen) VALUES (?1, ?2)",
+                params![platform, now.0],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
+    }
+
+    /// Whether a worker ever asked for `platform`, or a job or queue uses it.
+    pub fn platform_in_use(&self, platform: &str) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM known_platforms WHERE platform = ?1)
+                 OR EXISTS (SELECT 1 FROM jobs WHERE kind = 'script' AND platform = ?1)
+                 OR EXISTS (SELECT 1 FROM queue WHERE platform = ?1)",
+            [platform],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    /// Whether a worker ever asked for `platform`.
+    pub fn platform_known(&self, platform: &str) -> Result<bool, DbError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM known_platforms WHERE platform = ?1)",
+            [platform],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Accepts a dropped platform again. `Ok(false)` if it was not dropped.
@@ -826,8 +1025,8 @@ impl Db {
             let upload = upload && result.path.is_some();
             tx.execute(
                 "INSERT OR REPLACE INTO results (uuid, job, platform, started, finished, outcome, outcome_value,
-                     outcome_message, path, upload_state, upload_next)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     outcome_message, path, upload_state, upload_next, attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     result.uuid.as_bytes(),
                     result.job,
@@ -840,6 +1039,7 @@ impl Db {
                     path,
                     if upload { "pending" } else { "none" },
                     if upload { Some(0i64) } else { None },
+                    result.attempts as i64,
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -850,7 +1050,7 @@ impl Db {
     }
 
     /// Recent builds, newest first.
-    pub fn results(&self, job: Option<&str>, limit: u32) -> Result<Vec<ResultSummary>, DbError> {
+    pub fn results(&self, job: Option<&str>, limit: u32) -> Result<Vec<ResultEntry>, DbError> {
         let raws = self.query_all(
             &format!(
                 "{RESULT_SELECT} WHERE ?1 IS NULL OR job = ?1 ORDER BY started DESC, rowid DESC LIMIT ?2"
@@ -885,7 +1085,7 @@ impl Db {
         )?;
         raws.into_iter()
             .next()
-            .map(|r| self.result_row(r))
+            .map(|r| self.result_row(r).map(|e| e.summary))
             .transpose()
     }
 
@@ -997,6 +1197,30 @@ impl Db {
         })
     }
 
+    /// Records waiting for delivery, and when the oldest of them finished
+    /// (for the metrics).
+    pub fn spool_stats(&self) -> Result<(u64, Option<Timestamp>), DbError> {
+        let conn = self.lock();
+        let (count, oldest): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT COUNT(*), MIN(finished) FROM results WHERE upload_state = 'pending'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((count.max(0) as u64, oldest.map(Timestamp)))
+    }
+
+    /// A trivial query: whether the database still answers (`/healthz`).
+    pub fn ping(&self) -> Result<(), DbError> {
+        let conn = self.lock();
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     // -- row decoding -------------------------------------------------------
 
     fn uuid(&self, bytes: &[u8]) -> Result<Uuid, DbError> {
@@ -1048,7 +1272,7 @@ impl Db {
         })
     }
 
-    fn result_row(&self, raw: RawResult) -> Result<ResultSummary, DbError> {
+    fn result_row(&self, raw: RawResult) -> Result<ResultEntry, DbError> {
         let outcome = outcome_from_columns(&raw.outcome, raw.value, raw.message)
             .ok_or_else(|| self.corrupt(format!("result outcome {:?}", raw.outcome)))?;
         let upload = match raw.upload_state.as_str() {
@@ -1062,14 +1286,17 @@ impl Db {
             },
             other => return Err(self.corrupt(format!("upload state {other:?}"))),
         };
-        Ok(ResultSummary {
-            uuid: self.uuid(&raw.uuid)?,
-            job: raw.job,
-            platform: raw.platform,
-            started: Timestamp(raw.started),
-            finished: Timestamp(raw.finished),
-            outcome,
-            upload,
+        Ok(ResultEntry {
+            summary: ResultSummary {
+                uuid: self.uuid(&raw.uuid)?,
+                job: raw.job,
+                platform: raw.platform,
+                started: Timestamp(raw.started),
+                finished: Timestamp(raw.finished),
+                outcome,
+                upload,
+            },
+            attempts: raw.build_attempts as u32,
         })
     }
 }
@@ -1077,7 +1304,7 @@ impl Db {
 /// The columns [`raw_result`] reads.
 const RESULT_SELECT: &str =
     "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
-            upload_state, upload_attempts, upload_error, delivered_at FROM results";
+            upload_state, upload_attempts, upload_error, delivered_at, attempts FROM results";
 
 fn raw_result(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
     Ok(RawResult {
@@ -1093,7 +1320,21 @@ fn raw_result(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
         attempts: r.get(9)?,
         error: r.get(10)?,
         delivered_at: r.get(11)?,
+        build_attempts: r.get(12)?,
     })
+}
+
+/// What `update` changes: the job as it will be, and whether its trigger
+/// changed (then its next run becomes `entry.next_run`; otherwise it is
+/// left alone, so the job keeps its phase).
+#[derive(Debug, Clone)]
+pub struct JobUpdate<'a> {
+    /// The job as it will be.
+    pub entry: &'a ScheduleEntry,
+    /// Whether `entry.next_run` replaces the stored next run.
+    pub new_phase: bool,
+    /// The timeout queued runs get.
+    pub timeout_secs: u64,
 }
 
 /// The columns [`raw_job`] reads.
@@ -1165,6 +1406,7 @@ struct RawResult {
     attempts: i64,
     error: Option<String>,
     delivered_at: Option<i64>,
+    build_attempts: i64,
 }
 
 fn job_columns(kind: &JobKind) -> (&'static str, Option<&str>, Option<&str>, Option<&str>) {
@@ -1272,9 +1514,15 @@ mod tests {
         let (_dir, db) = db();
         db.enqueue("linux", "poison", "s", 10, false).unwrap();
         db.enqueue("linux", "other", "s", 10, false).unwrap();
+        let mut first = None;
         for attempt in 1..=MAX_LOST {
             let r = db.claim("linux", "w", Timestamp(5)).unwrap().unwrap();
             assert_eq!(r.job.job, "poison");
+            assert_eq!(
+                *first.get_or_insert(r.uuid),
+                r.uuid,
+                "one UUID for every attempt"
+            );
             assert_eq!(r.job.lost, attempt - 1);
             match db.worker_lost(r.uuid).unwrap() {
                 LostFate::Requeued => assert!(attempt < MAX_LOST),
@@ -1291,11 +1539,30 @@ mod tests {
     }
 
     #[test]
+    fn a_build_has_its_uuid_from_the_moment_it_is_queued() {
+        let (_dir, db) = db();
+        let uuid = db.enqueue_front("linux", "a", "s", 10).unwrap().unwrap();
+        // Queued again (a due run, another execute): the same build.
+        assert!(!db.enqueue("linux", "a", "s", 10, false).unwrap());
+        assert_eq!(db.enqueue_front("linux", "a", "s", 10).unwrap(), Some(uuid));
+        assert!(db.is_queued(uuid).unwrap());
+        let r = db.claim("linux", "w", Timestamp(5)).unwrap().unwrap();
+        assert_eq!(r.uuid, uuid);
+        assert!(!db.is_queued(uuid).unwrap());
+        assert_eq!(db.worker_lost(uuid).unwrap(), LostFate::Requeued);
+        assert!(db.is_queued(uuid).unwrap(), "requeued under its UUID");
+    }
+
+    #[test]
     fn dropped_platform_refuses_work() {
         let (_dir, db) = db();
         db.insert_job(&script_job("a", "linux")).unwrap();
         db.enqueue("linux", "a", "s", 10, false).unwrap();
-        assert_eq!(db.drop_platform("linux").unwrap(), 1);
+        assert_eq!(
+            db.drop_platform("linux").unwrap(),
+            Some(vec!["a".to_owned()])
+        );
+        assert_eq!(db.drop_platform("linux").unwrap(), None, "already dropped");
         assert!(db.queues().unwrap().is_empty());
         assert!(db.jobs().unwrap().is_empty());
         assert!(!db.enqueue("linux", "a", "s", 10, false).unwrap());
@@ -1341,14 +1608,18 @@ mod tests {
                     finished: Timestamp(i as i64 * 10 + 5),
                     outcome: JobOutcome::Signalled(Signal::Kill),
                     path: Some(PathBuf::from(format!("/x/{name}/full"))),
+                    attempts: 1,
                 },
                 true,
             )
             .unwrap();
         }
         let listed = db.results(None, 10).unwrap();
-        assert_eq!(listed[0].job, "new");
-        assert_eq!(listed[1].outcome, JobOutcome::Signalled(Signal::Kill));
+        assert_eq!(listed[0].summary.job, "new");
+        assert_eq!(
+            listed[1].summary.outcome,
+            JobOutcome::Signalled(Signal::Kill)
+        );
         let due = db.due_uploads(Timestamp(100), &[], 10).unwrap();
         assert_eq!(
             due.iter().map(|d| d.job.as_str()).collect::<Vec<_>>(),
@@ -1361,11 +1632,11 @@ mod tests {
         assert_eq!(db.next_upload_due().unwrap(), Some(Timestamp(1_000)));
         let listed = db.results(None, 10).unwrap();
         assert_eq!(
-            listed[0].upload,
+            listed[0].summary.upload,
             UploadState::Delivered { at: Timestamp(7) }
         );
         assert_eq!(
-            listed[1].upload,
+            listed[1].summary.upload,
             UploadState::Pending {
                 attempts: 1,
                 last_error: Some("boom".into())
@@ -1401,6 +1672,7 @@ mod tests {
                 finished: Timestamp(2),
                 outcome: outcome.clone(),
                 path: None,
+                attempts: 1,
             },
             true,
         )

@@ -4,6 +4,9 @@
 //!
 //! Map:
 //! - [`run`] (this file): start-up, the accept loop, the hello, shutdown.
+//! - [`admission`]: connection budgets before and after the hello.
+//! - [`bounds`]: limits on what a worker sends (artifacts, console lines,
+//!   messages, times).
 //! - [`db`]: all durable state in SQLite.
 //! - [`worker`]: a worker's connection: dispatch, console, artifacts, result.
 //! - [`client`]: one module per client request.
@@ -11,17 +14,22 @@
 //! - [`store`]: `DIR/<job>/<uuid>/full` records.
 //! - [`layout`]: the server's own files, `DIR/.builder/` (lock, `state.db`).
 //! - [`live`]: running builds and their observers.
+//! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
 //! - [`legacy`]: the reference's (OCaml builder's) workers and clients on
 //!   the same port, and `--import-state`.
 
+pub mod admission;
+pub mod bounds;
+pub mod cli;
 pub mod client;
 pub mod db;
 pub mod layout;
 pub mod legacy;
 pub mod live;
+pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -33,6 +41,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use protocol::codec::Connection;
 use protocol::message::{self, Hello, HelloReply, Role, ServerHello, PROTOCOL_VERSION};
@@ -62,8 +72,20 @@ pub struct Config {
     /// Heartbeat interval on worker connections; silent for three of these
     /// means lost.
     pub heartbeat: Duration,
-    /// Most connections served at once; more are refused with a reason.
+    /// Most connections whose hello was accepted, served at once; more are
+    /// refused with a reason.
     pub max_connections: usize,
+    /// Most connections that have not said hello yet (see [`admission`]).
+    pub max_unauthenticated: usize,
+    /// Most connections from one address that have not said hello yet.
+    pub max_unauthenticated_per_ip: usize,
+    /// How long a peer has to send its hello.
+    pub hello_timeout: Duration,
+    /// How long a frame may take to arrive once it has started, after the
+    /// hello (idle time between frames is not limited).
+    pub frame_timeout: Duration,
+    /// Limits on what one build's worker may send.
+    pub limits: bounds::BuildLimits,
     /// Token clients must present, if set.
     pub client_token: Option<String>,
     /// Token workers must present, if set.
@@ -73,6 +95,13 @@ pub struct Config {
     /// Networks from which the reference's peers, which cannot send a
     /// token, are accepted when a token is required (see [`legacy`]).
     pub legacy_peers: Vec<legacy::peers::Cidr>,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere (checked for
+    /// loopback by the caller).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// On shutdown, how long running builds may go on to finish; no new
+    /// build is handed out meanwhile. Zero: stop at once (they are requeued
+    /// at the next start).
+    pub drain_timeout: Duration,
 }
 
 impl Config {
@@ -86,10 +115,17 @@ impl Config {
             max_console: DEFAULT_MAX_CONSOLE,
             heartbeat: Duration::from_secs(5),
             max_connections: 4096,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            limits: bounds::BuildLimits::default(),
             client_token: None,
             worker_token: None,
             upload: None,
             legacy_peers: Vec::new(),
+            metrics: None,
+            drain_timeout: Duration::ZERO,
         }
     }
 }
@@ -115,8 +151,22 @@ pub fn default_state_dir() -> &'static str {
     }
 }
 
-/// How long a peer has to send its hello.
-pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of [`Config::max_unauthenticated`].
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
+
+/// The default of [`Config::max_unauthenticated_per_ip`].
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+
+/// The default of [`Config::hello_timeout`].
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default of [`Config::frame_timeout`].
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest frame accepted before the hello succeeds: a hello is a few
+/// hundred bytes, so an unauthenticated peer never makes the server buffer
+/// more than this.
+pub const PRE_HELLO_MAX_FRAME: usize = 64 * 1024;
 
 /// Runs the server on `listener` until `shutdown` completes. Returns an error
 /// if the state cannot be opened or stops being writable.
@@ -137,38 +187,70 @@ pub async fn run(
     if shared.config.upload.is_some() {
         tasks.spawn(upload::run(shared.clone()));
     }
+    let metrics_addr = match shared.config.metrics {
+        Some(addr) => {
+            let metrics = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            let bound = metrics.local_addr().ok();
+            tasks.spawn(metrics::serve(shared.clone(), metrics));
+            bound
+        }
+        None => None,
+    };
 
-    tracing::info!(
-        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        dir = %shared.config.dir.display(),
-        "builder-server listening"
-    );
+    log_start(&shared.config, &listener, metrics_addr);
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+    let admission = Arc::new(admission::Admission::new(
+        shared.config.max_unauthenticated,
+        shared.config.max_unauthenticated_per_ip,
+        shared.config.max_connections,
+    ));
+    // Set once the shutdown signal came with a --drain-timeout.
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_until.is_none() => {
+                let timeout = shared.config.drain_timeout;
+                if timeout.is_zero() {
+                    break;
+                }
+                tracing::info!(running = shared.live.len(), timeout_secs = timeout.as_secs(), "draining: no new builds; waiting for the running ones to finish");
+                shared.draining.cancel();
+                drain_until = Some(tokio::time::Instant::now() + timeout);
+            }
+            _ = drain_check.tick(), if drain_until.is_some() => {
+                if shared.live.is_empty() {
+                    tracing::info!("drained: no build running");
+                    break;
+                }
+                if drain_until.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    tracing::warn!(running = shared.live.len(), "drain timeout: the builds still running are requeued at the next start");
+                    break;
+                }
+            }
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    match admission.accept(peer.ip()) {
+                        Ok(slot) => {
+                            let admission = admission.clone();
                             connections.spawn(async move {
-                                handle_connection(shared, stream).await;
-                                drop(permit);
+                                handle_connection(shared, &admission, slot, stream).await;
                             });
                         }
-                        Err(_) => {
-                            tracing::warn!(%peer, limit = shared.config.max_connections, "too many connections; refusing");
-                            connections.spawn(async move { refuse_busy(shared, stream).await });
+                        Err(busy) => {
+                            tracing::warn!(%peer, reason = %busy, "refusing connection");
+                            connections.spawn(async move { refuse_busy(stream, busy).await });
                         }
                     }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.
-                    tracing::error!(error = %e, "accept failed");
+                    tracing::error!(error = ?e.to_string(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -196,13 +278,31 @@ pub async fn run(
     }
 }
 
-/// Tells a peer over the connection limit why it is turned away.
-async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream) {
-    if let Ok(mut conn) = Connection::from_tcp(stream, shared.config.max_frame) {
-        let reason = format!(
-            "server busy: {} connections already",
-            shared.config.max_connections
-        );
+/// The start-up line: where the server listens, where its state and
+/// templates are, where records go (never the password) and who may connect.
+fn log_start(config: &Config, listener: &TcpListener, metrics: Option<std::net::SocketAddr>) {
+    let tokens = match (&config.client_token, &config.worker_token) {
+        (Some(_), Some(_)) => "client and worker tokens",
+        (Some(_), None) => "client token only",
+        (None, Some(_)) => "worker token only",
+        (None, None) => "none",
+    };
+    tracing::info!(
+        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dir = ?config.dir,
+        config_dir = ?config.config_dir,
+        upload = config.upload.as_ref().map_or("none", |u| u.url.as_str()),
+        tokens,
+        metrics = %metrics.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        drain_timeout_secs = config.drain_timeout.as_secs(),
+        "builder-server listening"
+    );
+}
+
+/// Tells a peer over a connection budget why it is turned away.
+async fn refuse_busy(stream: TcpStream, busy: admission::Busy) {
+    if let Ok(mut conn) = Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
+        let reason = busy.to_string();
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             conn.send(&HelloReply::Refused { reason }),
@@ -211,25 +311,34 @@ async fn refuse_busy(shared: Arc<Shared>, stream: TcpStream) {
     }
 }
 
-async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = match Connection::from_tcp(stream, shared.config.max_frame) {
+async fn handle_connection(
+    shared: Arc<Shared>,
+    admission: &admission::Admission,
+    slot: admission::Unauthenticated,
+    stream: TcpStream,
+) {
+    // Until the hello is accepted: a small frame limit and a short timeout.
+    let mut conn = match Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set up connection");
+            tracing::warn!(error = ?e.to_string(), "cannot set up connection");
             return;
         }
     };
     let peer = conn.peer().to_owned();
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&shared, &mut conn)).await {
+    let hello_timeout = shared.config.hello_timeout;
+    let hello = match tokio::time::timeout(hello_timeout, read_hello(&shared, &mut conn)).await {
         Ok(Ok(First::Hello(hello))) => hello,
-        Ok(Ok(First::Reference(frame))) => return legacy::serve(&shared, conn, &frame).await,
+        Ok(Ok(First::Reference(frame))) => {
+            return legacy::serve(&shared, conn, &frame, admission, slot).await
+        }
         Ok(Err(reason)) => {
-            tracing::warn!(%peer, %reason, "refused connection");
+            tracing::warn!(%peer, ?reason, "refused connection");
             let _ = conn.send(&HelloReply::Refused { reason }).await;
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, "no hello within {HELLO_TIMEOUT:?}");
+            tracing::warn!(%peer, timeout = ?hello_timeout, "no hello in time");
             let _ = conn
                 .send(&HelloReply::Refused {
                     reason: "no hello received in time".into(),
@@ -238,13 +347,29 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
+    let _slot = match admission.authenticate(slot) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            tracing::warn!(%peer, reason = %busy, "refusing connection");
+            let reason = busy.to_string();
+            let _ = conn.send(&HelloReply::Refused { reason }).await;
+            return;
+        }
+    };
+    conn.set_max_frame(shared.config.max_frame);
+    if hello.role == Role::Client {
+        // A worker needs no frame timeout: it cannot send a heartbeat in
+        // the middle of a frame, so one that stalls there is lost after
+        // three heartbeat intervals anyway.
+        conn.set_frame_timeout(Some(shared.config.frame_timeout));
+    }
     let welcome = HelloReply::Welcome(ServerHello {
         version: PROTOCOL_VERSION,
         software: format!("builder-server {}", env!("CARGO_PKG_VERSION")),
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
     });
     if let Err(e) = conn.send(&welcome).await {
-        tracing::debug!(%peer, error = %Chain(&e), "peer left during hello");
+        tracing::debug!(%peer, error = ?Chain(&e).to_string(), "peer left during hello");
         return;
     }
     let result = match hello.role {
@@ -254,7 +379,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, error = %format!("{e:#}"), "connection ended with an error");
+        tracing::warn!(%peer, error = ?format!("{e:#}"), "connection ended with an error");
     }
 }
 

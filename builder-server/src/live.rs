@@ -41,6 +41,18 @@ pub enum LiveEvent {
         /// How.
         outcome: JobOutcome,
     },
+    /// The build lost its worker and went back to its queue, under the same
+    /// UUID; its next attempt is a new [`LiveBuild`].
+    Requeued(Requeue),
+}
+
+/// Why and how a build went back to its queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeue {
+    /// The attempt that comes next (2 after the first lost worker).
+    pub attempt: u32,
+    /// Why the worker was lost.
+    pub reason: String,
 }
 
 /// Bytes a line costs in memory beyond its data.
@@ -63,6 +75,7 @@ struct State {
     /// The console was moved out to be written into the record.
     taken: bool,
     end: Option<(Timestamp, JobOutcome)>,
+    requeued: Option<Requeue>,
     tx: broadcast::Sender<LiveEvent>,
 }
 
@@ -106,6 +119,8 @@ pub struct Subscription {
     pub backlog: u64,
     /// The end, if the build is already over.
     pub end: Option<(Timestamp, JobOutcome)>,
+    /// Set if this attempt is over because its worker was lost.
+    pub requeued: Option<Requeue>,
     /// The console is being written into the record: there is no backlog
     /// to replay; the record holds it once `events` says the build is over.
     pub taken: bool,
@@ -130,6 +145,7 @@ impl LiveBuild {
                 limit,
                 taken: false,
                 end: None,
+                requeued: None,
                 tx,
             }),
         })
@@ -182,6 +198,13 @@ impl LiveBuild {
         let _ = state.tx.send(LiveEvent::End { finished, outcome });
     }
 
+    /// Marks this attempt over: the build went back to its queue.
+    pub fn requeued(&self, requeue: Requeue) {
+        let mut state = self.lock();
+        state.requeued = Some(requeue.clone());
+        let _ = state.tx.send(LiveEvent::Requeued(requeue));
+    }
+
     /// Subscribes an observer.
     pub fn subscribe(&self) -> Subscription {
         let state = self.lock();
@@ -189,6 +212,7 @@ impl LiveBuild {
             header: state.header.clone(),
             backlog: state.head.len() as u64,
             end: state.end.clone(),
+            requeued: state.requeued.clone(),
             taken: state.taken,
             events: state.tx.subscribe(),
         }
@@ -230,8 +254,7 @@ impl LiveBuild {
         console
     }
 
-    /// How many observers follow the build (for tests).
-    #[cfg(test)]
+    /// How many observers follow the build.
     pub fn observers(&self) -> usize {
         self.lock().tx.receiver_count()
     }
@@ -242,25 +265,65 @@ impl LiveBuild {
     }
 }
 
+/// How many build starts a waiting observer may fall behind (it then
+/// looks again rather than missing one).
+const STARTS_BUFFER: usize = 64;
+
 /// Every build being run, by UUID.
-#[derive(Default)]
 pub struct LiveBuilds {
     builds: Mutex<HashMap<Uuid, Arc<LiveBuild>>>,
+    starts: broadcast::Sender<BuildHeader>,
+}
+
+impl Default for LiveBuilds {
+    fn default() -> LiveBuilds {
+        LiveBuilds {
+            builds: Mutex::default(),
+            starts: broadcast::channel(STARTS_BUFFER).0,
+        }
+    }
 }
 
 impl LiveBuilds {
+    /// Builds starting from now on (each attempt of a requeued build too),
+    /// for observers waiting for one.
+    pub fn subscribe_starts(&self) -> broadcast::Receiver<BuildHeader> {
+        self.starts.subscribe()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<LiveBuild>>> {
         self.builds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a build.
+    /// Registers a build and tells those waiting for it.
     pub fn insert(&self, uuid: Uuid, build: Arc<LiveBuild>) {
+        let header = build.header();
         self.lock().insert(uuid, build);
+        let _ = self.starts.send(header);
     }
 
-    /// Forgets a build.
-    pub fn remove(&self, uuid: Uuid) {
-        self.lock().remove(&uuid);
+    /// Forgets an attempt of a build, unless a later attempt (same UUID)
+    /// has replaced it already.
+    pub fn remove(&self, uuid: Uuid, build: &Arc<LiveBuild>) {
+        let mut builds = self.lock();
+        if builds.get(&uuid).is_some_and(|b| Arc::ptr_eq(b, build)) {
+            builds.remove(&uuid);
+        }
+    }
+
+    /// How many observers follow the running builds.
+    pub fn observers(&self) -> usize {
+        self.lock().values().map(|b| b.observers()).sum()
+    }
+
+    /// How many builds are running.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no build is running.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// A build by UUID.

@@ -1,102 +1,21 @@
 //! `builder-server [--ip IP] [--port PORT] [--dir DIR] [--config-dir DIR] [--upload URL] ...`
 //! `builder-server --dir DIR --import-state FILE [--force]`
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use builder_server::cli::Args;
 use builder_server::upload::UploadConfig;
 use builder_server::Config;
 use clap::Parser;
-
-/// The builder server: persistent schedule, per-platform queues, result
-/// store and upload to builder-web.
-#[derive(Parser, Debug)]
-#[command(name = "builder-server", version)]
-struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    ip: IpAddr,
-    /// Port to listen on.
-    #[arg(long, default_value_t = protocol::DEFAULT_PORT)]
-    port: u16,
-    /// State directory (database and build records).
-    #[arg(long, default_value = builder_server::default_state_dir())]
-    dir: PathBuf,
-    /// Directory of orb-build.template.<platform> files.
-    #[arg(long, default_value = builder_server::default_config_dir())]
-    config_dir: PathBuf,
-    /// Upload every build record to this builder-web endpoint
-    /// (https://user:password@host/upload).
-    #[arg(long)]
-    upload: Option<String>,
-    /// File holding `user:password` for --upload (keeps it out of `ps`).
-    #[arg(long, requires = "upload")]
-    upload_credentials: Option<PathBuf>,
-    /// Uploads in flight at once.
-    #[arg(long, default_value_t = 2, requires = "upload")]
-    upload_concurrency: usize,
-    /// Longest wait between two upload attempts of one record, in seconds.
-    #[arg(long, default_value_t = 600, requires = "upload")]
-    upload_backoff_cap: u64,
-    /// First wait after a failed upload, in milliseconds (doubling up to
-    /// --upload-backoff-cap).
-    #[arg(long, default_value_t = 5000, requires = "upload", hide = true)]
-    upload_backoff_min_ms: u64,
-    /// Delete a build's directory once builder-web has its record (the
-    /// result index keeps it). Off by default: records are kept forever.
-    #[arg(long, requires = "upload")]
-    delete_delivered: bool,
-    /// Default job timeout in seconds.
-    #[arg(long, default_value_t = 3600)]
-    job_timeout: u64,
-    /// Largest frame accepted from a peer, in bytes.
-    #[arg(long, default_value_t = protocol::codec::DEFAULT_MAX_FRAME)]
-    max_frame: usize,
-    /// Most console bytes kept per build: the start and the end are kept, the
-    /// middle of a longer console is dropped (the record says how much).
-    #[arg(long, default_value_t = builder_server::DEFAULT_MAX_CONSOLE)]
-    max_console_bytes: usize,
-    /// Heartbeat interval on worker connections, in milliseconds; a worker
-    /// silent for three intervals is considered lost.
-    #[arg(long, default_value_t = 5000)]
-    heartbeat_ms: u64,
-    /// Most connections (clients, workers, observers) served at once.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
-    /// File holding the token clients must present.
-    #[arg(long)]
-    client_token_file: Option<PathBuf>,
-    /// File holding the token workers must present.
-    #[arg(long)]
-    worker_token_file: Option<PathBuf>,
-    /// Accept the OCaml builder's workers and clients, which cannot send a
-    /// token, from these networks even when tokens are required
-    /// (comma-separated, e.g. 127.0.0.0/8,172.17.0.0/16). Without tokens
-    /// they are accepted from anywhere.
-    #[arg(long, value_name = "CIDR,...")]
-    legacy_peers: Option<String>,
-    /// Import the OCaml builder server's `state` file into --dir, print a
-    /// summary and exit (does not serve).
-    #[arg(long, value_name = "FILE")]
-    import_state: Option<PathBuf>,
-    /// With --import-state: import into a state directory that already
-    /// holds jobs (nothing already there is duplicated).
-    #[arg(long, requires = "import_state")]
-    force: bool,
-    /// Allow listening on a non-loopback address without tokens.
-    #[arg(long)]
-    insecure: bool,
-    /// More logging (-v: debug, -vv: trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose);
+    builder_logging::init(args.verbose, args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -104,21 +23,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Reads the token of `flag` (rule: [`protocol::token`]).
@@ -164,8 +68,22 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.ip
         );
     }
+    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
+        if !args.insecure {
+            anyhow::bail!(
+                "refusing to serve --metrics on {addr}, which is not a loopback address; pass --insecure to do it anyway"
+            );
+        }
+        tracing::warn!(%addr, "serving metrics beyond loopback (--insecure)");
+    }
     if args.heartbeat_ms == 0 || args.job_timeout == 0 {
         anyhow::bail!("--heartbeat-ms and --job-timeout must be positive");
+    }
+    if args.hello_timeout == 0 || args.frame_timeout == 0 {
+        anyhow::bail!("--hello-timeout and --frame-timeout must be positive");
+    }
+    if args.max_unauthenticated == 0 || args.max_unauthenticated_per_ip == 0 {
+        anyhow::bail!("--max-unauthenticated and --max-unauthenticated-per-ip must be positive");
     }
     let upload = match &args.upload {
         Some(url) => {
@@ -198,35 +116,65 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_frame: args.max_frame,
         max_console: args.max_console_bytes,
         max_connections: args.max_connections.max(1),
+        max_unauthenticated: args.max_unauthenticated,
+        max_unauthenticated_per_ip: args.max_unauthenticated_per_ip,
+        hello_timeout: Duration::from_secs(args.hello_timeout),
+        frame_timeout: Duration::from_secs(args.frame_timeout),
+        limits: builder_server::bounds::BuildLimits {
+            max_artifact_bytes: args.max_artifact_bytes,
+            max_artifacts: args.max_artifacts,
+            timeout_grace: Duration::from_secs(args.timeout_grace),
+        },
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         client_token,
         worker_token,
         upload,
         legacy_peers,
+        metrics: args.metrics,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Before anything else: a SIGHUP from here on is logged, not fatal.
+        let signals = Signals::new()?;
         let addr = SocketAddr::new(args.ip, args.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        builder_server::run(config, listener, shutdown_signal()).await
+        builder_server::run(config, listener, signals.shutdown()).await
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// The signals the server handles: SIGTERM and SIGINT stop it (after a
+/// drain, with --drain-timeout); SIGHUP is logged and ignored, so a server
+/// started from a shell survives the end of the session.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot handle {name}"))
+        };
+        Ok(Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            hup: watch(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Completes on SIGTERM or SIGINT.
+    async fn shutdown(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return tracing::info!("SIGTERM received"),
+                _ = self.int.recv() => return tracing::info!("SIGINT received"),
+                _ = self.hup.recv() => tracing::info!("SIGHUP received; ignored (the server keeps running)"),
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

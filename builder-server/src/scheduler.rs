@@ -127,6 +127,7 @@ mod tests {
                     finished: Timestamp(0),
                     outcome: protocol::message::JobOutcome::Exited(0),
                     path: Some("/nowhere".into()),
+                    attempts: 1,
                 },
                 false,
             )

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::live::LiveBuilds;
+use crate::metrics::Metrics;
 use crate::store::JobDirs;
 use crate::templates::Templates;
 use crate::Config;
@@ -36,6 +37,11 @@ pub struct Shared {
     pub upload_wakeup: Notify,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the server starts draining (`--drain-timeout`): no
+    /// new build is handed out, running ones may finish.
+    pub draining: CancellationToken,
+    /// Prometheus metrics (`--metrics`).
+    pub metrics: Metrics,
     platform_wakeups: Mutex<HashMap<String, Arc<Notify>>>,
     fatal: Mutex<Option<anyhow::Error>>,
 }
@@ -54,6 +60,8 @@ impl Shared {
             schedule_changed: Notify::new(),
             upload_wakeup: Notify::new(),
             shutdown,
+            draining: CancellationToken::new(),
+            metrics: Metrics::default(),
             platform_wakeups: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
         }
@@ -84,10 +92,10 @@ impl Shared {
     pub fn fatal(&self, error: DbError) -> DbError {
         let chain = protocol::Chain(&error).to_string();
         if error.is_disk_full() {
-            tracing::error!(error = %chain, "disk full: a change to the state was refused");
+            tracing::error!(error = ?chain, "disk full: a change to the state was refused");
             return error;
         }
-        tracing::error!(error = %chain, "cannot persist state; shutting down");
+        tracing::error!(error = ?chain, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
             *fatal = Some(anyhow::anyhow!(chain));

@@ -299,7 +299,9 @@ fn remove_dir_logged(dir: &Path) {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot remove directory"),
+        Err(e) => {
+            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove directory")
+        }
     }
 }
 

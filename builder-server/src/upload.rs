@@ -15,6 +15,7 @@
 //! - *The store refuses this record* (any other 4xx): only that record waits,
 //!   so one bad record cannot hold up the others.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,6 +141,17 @@ enum Failure {
     Record(String),
 }
 
+impl Failure {
+    /// The `kind` label of the upload failure metric.
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Store(_) => "store",
+            Failure::Credentials(_) => "credentials",
+            Failure::Record(_) => "record",
+        }
+    }
+}
+
 /// The uploader task.
 pub async fn run(shared: Arc<Shared>) {
     let config = shared
@@ -155,7 +167,7 @@ pub async fn run(shared: Arc<Shared>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot set up the HTTP client; uploads disabled");
+            tracing::error!(error = ?e.to_string(), "cannot set up the HTTP client; uploads disabled");
             return;
         }
     };
@@ -173,8 +185,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
     }
-    let mut in_flight: JoinSet<(PendingUpload, Result<(), Failure>)> = JoinSet::new();
-    let mut busy: Vec<Uuid> = Vec::new();
+    let mut in_flight: InFlight<(PendingUpload, Result<(), Failure>)> = InFlight::default();
     // Spool-wide backoff while builder-web is unavailable.
     let mut store_failures: u32 = 0;
     let mut store_retry_at: Option<tokio::time::Instant> = None;
@@ -183,9 +194,12 @@ pub async fn run(shared: Arc<Shared>) {
         tokio::pin!(wakeup);
         wakeup.as_mut().enable();
         let store_waiting = store_retry_at.is_some_and(|t| t > tokio::time::Instant::now());
-        let free = config.concurrency.saturating_sub(busy.len());
+        let free = config.concurrency.saturating_sub(in_flight.len());
         if free > 0 && !store_waiting {
-            let due = match shared.db.due_uploads(Timestamp::now(), &busy, free) {
+            let due = match shared
+                .db
+                .due_uploads(Timestamp::now(), &in_flight.busy(), free)
+            {
                 Ok(due) => due,
                 Err(e) => {
                     shared.fatal(e);
@@ -193,10 +207,9 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             };
             for pending in due {
-                busy.push(pending.uuid);
                 let client = client.clone();
                 let config = config.clone();
-                in_flight.spawn(async move {
+                in_flight.spawn(pending.uuid, async move {
                     let result = upload(&client, &config, &pending).await;
                     (pending, result)
                 });
@@ -216,10 +229,23 @@ pub async fn run(shared: Arc<Shared>) {
             },
         };
         tokio::select! {
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((pending, result)) = done else { continue };
-                busy.retain(|b| *b != pending.uuid);
+            Some((uuid, done)) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let now = Timestamp::now();
+                let (pending, result) = match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // Its slot is free again (`InFlight` saw to that);
+                        // the record waits like one builder-web refused.
+                        let error = format!("upload task failed: {e}");
+                        tracing::error!(%uuid, %error);
+                        let next = now.saturating_add(config.backoff_cap);
+                        if let Err(e) = shared.db.upload_failed(uuid, &error, next) {
+                            shared.fatal(e);
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let recorded = match result {
                     Ok(()) => {
                         store_failures = 0;
@@ -231,6 +257,7 @@ pub async fn run(shared: Arc<Shared>) {
                         recorded
                     }
                     Err(failure @ (Failure::Store(_) | Failure::Credentials(_))) => {
+                        shared.metrics.upload_failed(failure.kind());
                         let (wait, error) = match failure {
                             Failure::Credentials(error) => (config.backoff_cap, error),
                             Failure::Store(error) | Failure::Record(error) => (config.backoff(store_failures), error),
@@ -242,6 +269,7 @@ pub async fn run(shared: Arc<Shared>) {
                         shared.db.upload_failed(pending.uuid, &error, now)
                     }
                     Err(Failure::Record(error)) => {
+                        shared.metrics.upload_failed("record");
                         let wait = config.backoff(pending.attempts);
                         shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait))
                     }
@@ -258,9 +286,59 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
             _ = &mut wakeup => {}
-            _ = tokio::time::sleep(sleep), if busy.len() < config.concurrency => {}
+            _ = tokio::time::sleep(sleep), if in_flight.len() < config.concurrency => {}
             _ = shared.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Uploads in flight, by the record they deliver. A task that ends in any
+/// way, a panic included, gives its record's slot back.
+struct InFlight<T> {
+    tasks: JoinSet<T>,
+    records: HashMap<tokio::task::Id, Uuid>,
+}
+
+impl<T> Default for InFlight<T> {
+    fn default() -> Self {
+        InFlight {
+            tasks: JoinSet::new(),
+            records: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> InFlight<T> {
+    fn spawn(&mut self, uuid: Uuid, task: impl std::future::Future<Output = T> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.records.insert(handle.id(), uuid);
+    }
+
+    /// How many are in flight.
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records being delivered.
+    fn busy(&self) -> Vec<Uuid> {
+        self.records.values().copied().collect()
+    }
+
+    /// The next task to end, with its record, whether it returned or not.
+    async fn join_next(&mut self) -> Option<(Uuid, Result<T, tokio::task::JoinError>)> {
+        let (id, result) = match self.tasks.join_next_with_id().await? {
+            Ok((id, output)) => (id, Ok(output)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let uuid = self
+            .records
+            .remove(&id)
+            .expect("every task is spawned with its record");
+        Some((uuid, result))
     }
 }
 
@@ -269,7 +347,7 @@ pub async fn run(shared: Arc<Shared>) {
 fn delete_build(full: &std::path::Path) {
     if let Some(dir) = full.parent() {
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot remove delivered build");
+            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove delivered build");
         }
     }
 }
@@ -303,12 +381,12 @@ async fn upload(
     }
     let response = request.send().await.map_err(|e| {
         let error = without_url(&e);
-        tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+        tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
         Failure::Store(error)
     })?;
     let status = response.status();
     if status.is_success() || status == StatusCode::CONFLICT {
-        tracing::info!(job = %pending.job, uuid = %pending.uuid, %status, "record delivered");
+        tracing::info!(job = ?pending.job, uuid = %pending.uuid, %status, "record delivered");
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
@@ -320,12 +398,12 @@ async fn upload(
     let error = format!("HTTP {status}: {}", snippet.trim());
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         tracing::error!(
-            job = %pending.job, uuid = %pending.uuid, %error,
+            job = ?pending.job, uuid = %pending.uuid, ?error,
             "builder-web refused the upload credentials: check --upload / --upload-credentials"
         );
         return Err(Failure::Credentials(error));
     }
-    tracing::warn!(job = %pending.job, uuid = %pending.uuid, %error, attempt = pending.attempts + 1, "upload failed");
+    tracing::warn!(job = ?pending.job, uuid = %pending.uuid, ?error, attempt = pending.attempts + 1, "upload failed");
     if status.is_server_error()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
@@ -370,6 +448,23 @@ mod tests {
         );
         assert!(UploadConfig::parse("ftp://example.org", None).is_err());
         assert!(UploadConfig::parse("http://example.org", Some("nocolon")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_upload_gives_its_slot_back() {
+        let mut in_flight: InFlight<&str> = InFlight::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        in_flight.spawn(a, async { panic!("upload task panics") });
+        in_flight.spawn(b, async { "delivered" });
+        assert_eq!(in_flight.len(), 2);
+        let mut ended = Vec::new();
+        while let Some((uuid, result)) = in_flight.join_next().await {
+            ended.push((uuid, result.map_err(|e| e.is_panic())));
+        }
+        ended.sort_by_key(|(uuid, _)| *uuid != a);
+        assert_eq!(ended, vec![(a, Err(true)), (b, Ok("delivered"))]);
+        assert_eq!(in_flight.len(), 0);
+        assert!(in_flight.busy().is_empty());
     }
 
     #[test]

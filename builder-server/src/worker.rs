@@ -12,6 +12,11 @@
 //! worker's: it is recorded as aborted with the reason (`disk full: ...`)
 //! and not retried, observers get that result, and every other build goes
 //! on (see [`store_result`]).
+//!
+//! What the worker sends is bounded ([`crate::bounds`]): a build past its
+//! artifact limits, or one held past its timeout plus the grace, is recorded
+//! aborted with the reason and the worker is dropped; times are clamped to
+//! what the server saw.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +30,9 @@ use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms
 use protocol::Chain;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
-use crate::live::LiveBuild;
+use crate::live::{LiveBuild, Requeue};
 use crate::state::Shared;
 use crate::store::{self, ArtifactSpool};
 
@@ -38,8 +44,15 @@ pub async fn serve(
     host: &str,
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
-    shared.templates.warn_missing(platform);
+    // Only worth saying when there is an orb job that cannot run here.
+    if shared.db.has_orb_jobs().map_err(|e| shared.fatal(e))? {
+        shared.templates.warn_missing(platform);
+    }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
+    shared
+        .db
+        .note_platform(platform, Timestamp::now())
+        .map_err(|e| shared.fatal(e))?;
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut session = Session {
@@ -61,6 +74,9 @@ pub async fn serve(
 enum Interrupted {
     /// The worker is gone or misbehaved: requeue the build.
     Lost(String),
+    /// The build went past a bound (artifact limits, its timeout): record
+    /// it aborted with this message and drop the worker.
+    Abort(String),
     /// The server is shutting down: leave the build marked running, so the
     /// next start requeues it.
     Shutdown,
@@ -116,7 +132,11 @@ impl Session<'_> {
             tokio::select! {
                 msg = self.conn.recv::<WorkerMessage>() => {
                     self.last_seen = Instant::now();
-                    match msg? {
+                    let msg = match msg {
+                        Ok(msg) => msg,
+                        Err(e) => return Err(self.refuse(format!("bad frame: {e}")).await),
+                    };
+                    match msg {
                         Some(WorkerMessage::RequestJob) => return Ok(true),
                         Some(WorkerMessage::Heartbeat) => {}
                         Some(other) => return Err(self.refuse(format!("unexpected {} before a job request", kind(&other))).await),
@@ -162,7 +182,11 @@ impl Session<'_> {
                     _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => break,
                     msg = self.conn.recv::<WorkerMessage>() => {
                         self.last_seen = Instant::now();
-                        match msg? {
+                        let msg = match msg {
+                            Ok(msg) => msg,
+                            Err(e) => return Err(self.refuse(format!("bad frame: {}", Chain(&e))).await),
+                        };
+                        match msg {
                             Some(WorkerMessage::Heartbeat) => {}
                             Some(other) => {
                                 return Err(self.refuse(format!("unexpected {} while waiting for a job", kind(&other))).await);
@@ -185,7 +209,7 @@ impl Session<'_> {
     async fn run_build(&mut self, running: Running) -> anyhow::Result<bool> {
         let uuid = running.uuid;
         let job = &running.job;
-        tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = %self.name, "build started");
+        tracing::info!(job = ?job.job, %uuid, platform = ?job.platform, worker = ?self.name, "build started");
         let live = LiveBuild::new(
             BuildHeader {
                 uuid,
@@ -199,7 +223,17 @@ impl Session<'_> {
         let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
         let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
         let mut spool = ArtifactSpool::new(&build_dir);
+        let mut budget = ArtifactBudget::new(self.shared.config.limits);
         let mut started = running.assigned;
+        // The server's own deadline: the worker kills the job at its
+        // timeout; this catches a worker that does not.
+        let allowed = Duration::from_secs(job.timeout_secs)
+            .saturating_add(self.shared.config.limits.timeout_grace);
+        let deadline = Instant::now()
+            .checked_add(allowed)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
+        let past_deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(past_deadline);
 
         let assignment = ServerToWorker::Job(JobAssignment {
             uuid,
@@ -220,40 +254,62 @@ impl Session<'_> {
                         let msg = match msg {
                             Ok(Some(msg)) => msg,
                             Ok(None) => break Err(Interrupted::Lost("connection closed".into())),
-                            Err(e) => break Err(Interrupted::Lost(Chain(&e).to_string())),
+                            Err(e) => {
+                                let reason = format!("bad frame: {}", Chain(&e));
+                                self.send_failure(&reason).await;
+                                break Err(Interrupted::Lost(reason));
+                            }
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
                             WorkerMessage::Started { uuid: u, at } if u == uuid => {
-                                started = at;
-                                live.set_started(at);
+                                // Not before the job was handed out, not in
+                                // the future.
+                                started = bounds::clamp(at, running.assigned, Timestamp::now());
+                                live.set_started(started);
                                 Ok(())
                             }
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
-                                live.push(lines);
+                                live.push(bounds::bound_lines(lines));
                                 Ok(())
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
-                                match spool.start(path, len) {
-                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| Chain(&e).to_string()),
+                                match budget.start() {
+                                    Ok(()) => spool.start(path, len).map_err(|e| spool_error(&e)),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
-                                match spool.chunk(&data) {
-                                    Err(e) if !e.is_protocol() => break Err(Interrupted::Storage(e.abort_reason("cannot spool an artifact"))),
-                                    r => r.map_err(|e| Chain(&e).to_string()),
+                                match budget.bytes(data.len()) {
+                                    Ok(()) => spool.chunk(&data).map_err(|e| spool_error(&e)),
+                                    Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::Finished { uuid: u, finished, outcome } if u == uuid => {
-                                break Ok((finished, outcome));
+                                let finished = bounds::clamp(finished, started, Timestamp::now());
+                                break Ok((finished, bounds::bound_outcome(outcome)));
                             }
-                            other => Err(format!("unexpected {} during build {uuid}", kind(&other))),
+                            other => Err(Interrupted::Lost(format!("unexpected {} during build {uuid}", kind(&other)))),
                         };
-                        if let Err(reason) = step {
-                            let _ = self.conn.send(&ServerToWorker::Failure { reason: reason.clone() }).await;
-                            break Err(Interrupted::Lost(reason));
+                        if let Err(end) = step {
+                            if let Interrupted::Lost(reason)
+                            | Interrupted::Abort(reason)
+                            | Interrupted::Storage(reason) = &end
+                            {
+                                self.send_failure(reason).await;
+                            }
+                            break Err(end);
                         }
+                    }
+                    _ = &mut past_deadline => {
+                        let grace = self.shared.config.limits.timeout_grace;
+                        let reason = format!(
+                            "build {uuid} is past its timeout of {} s plus {grace:?} (--timeout-grace)",
+                            job.timeout_secs
+                        );
+                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, timeout_secs = job.timeout_secs, ?grace, "build past its timeout; dropping the worker");
+                        self.send_failure(&reason).await;
+                        break Err(Interrupted::Abort("timeout".into()));
                     }
                     _ = self.ticker.tick() => {
                         if let Err(reason) = self.tick().await {
@@ -261,7 +317,7 @@ impl Session<'_> {
                         }
                     }
                     Some(reason) = cancel.recv() => {
-                        tracing::info!(%uuid, %reason, "cancelling build");
+                        tracing::info!(%uuid, ?reason, "cancelling build");
                         if let Err(e) = self.conn.send(&ServerToWorker::Cancel { uuid, reason }).await {
                             break Err(Interrupted::Lost(format!("cannot send cancel: {}", Chain(&e))));
                         }
@@ -276,7 +332,7 @@ impl Session<'_> {
             Ok(end) => end,
             Err(Interrupted::Shutdown) => {
                 // Left marked running: the next start requeues it.
-                self.shared.live.remove(uuid);
+                self.shared.live.remove(uuid, &live);
                 return Ok(false);
             }
             Err(Interrupted::Lost(reason)) => {
@@ -289,21 +345,12 @@ impl Session<'_> {
                 // the same way: the build ends here, without its artifacts.
                 tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
                 spool.discard();
-                let failure = ServerToWorker::Failure {
-                    reason: format!("the server cannot store build {uuid}, which is recorded as aborted: {reason}"),
-                };
-                let _ = self.conn.send(&failure).await;
-                let outcome = JobOutcome::Aborted(reason);
-                end_build(
-                    self.shared,
-                    &running,
-                    &live,
-                    started,
-                    Timestamp::now(),
-                    outcome,
-                    (None, Vec::new()),
-                )
-                .await?;
+                self.abort(running, &live, started, reason).await?;
+                return Ok(false);
+            }
+            Err(Interrupted::Abort(message)) => {
+                spool.discard();
+                self.abort(running, &live, started, message).await?;
                 return Ok(false);
             }
         };
@@ -331,12 +378,12 @@ impl Session<'_> {
         // heartbeats of that time are still in the socket, unread.
         self.last_seen = Instant::now();
         let outcome = stored?;
-        tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
+        tracing::info!(job = ?running.job.job, %uuid, outcome = ?outcome.to_string(), "build finished");
         if !reachable {
             return Ok(false);
         }
         if let Err(e) = self.conn.send(&ServerToWorker::Stored { uuid }).await {
-            tracing::debug!(%uuid, error = %Chain(&e), "worker left before its build was acknowledged");
+            tracing::debug!(%uuid, error = ?Chain(&e).to_string(), "worker left before its build was acknowledged");
             return Ok(false);
         }
         Ok(true)
@@ -362,14 +409,45 @@ impl Session<'_> {
         build_lost(self.shared, running, live, &reason).await
     }
 
+    /// The build went past a bound, or its artifacts cannot be stored:
+    /// record it aborted with `message`, its artifacts already thrown away;
+    /// the worker is dropped.
+    async fn abort(
+        &mut self,
+        running: Running,
+        live: &Arc<LiveBuild>,
+        started: Timestamp,
+        message: String,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(job = %running.job.job, uuid = %running.uuid, worker = %self.name, %message, "build aborted by the server");
+        let finished = bounds::clamp(Timestamp::now(), started, Timestamp::now());
+        let outcome = JobOutcome::Aborted(message);
+        end_build(
+            self.shared,
+            &running,
+            live,
+            started,
+            finished,
+            outcome,
+            (None, Vec::new()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Tells the worker why it is being dropped, without waiting long for
+    /// a worker that does not read.
+    async fn send_failure(&mut self, reason: &str) {
+        let failure = ServerToWorker::Failure {
+            reason: reason.to_owned(),
+        };
+        let every = self.shared.config.heartbeat;
+        let _ = tokio::time::timeout(every, self.conn.send(&failure)).await;
+    }
+
     /// Tells the worker why it is being dropped; the error ends the session.
     async fn refuse(&mut self, reason: String) -> anyhow::Error {
-        let _ = self
-            .conn
-            .send(&ServerToWorker::Failure {
-                reason: reason.clone(),
-            })
-            .await;
+        self.send_failure(&reason).await;
         anyhow::anyhow!(reason)
     }
 }
@@ -403,10 +481,20 @@ where
                     Ok(Err(e)) => Chain(&e).to_string(),
                     Err(_) => format!("no room to send for {every:?}"),
                 };
-                tracing::debug!(peer = conn.peer(), %error, "worker unreachable while its build is stored");
+                tracing::debug!(peer = conn.peer(), ?error, "worker unreachable while its build is stored");
                 reachable = false;
             }
         }
+    }
+}
+
+/// A spooling failure: the server's own (disk full, unwritable folder) ends
+/// the build aborted; a worker's inconsistent data means a lost worker.
+fn spool_error(e: &store::StoreError) -> Interrupted {
+    if e.is_protocol() {
+        Interrupted::Lost(Chain(e).to_string())
+    } else {
+        Interrupted::Storage(e.abort_reason("cannot spool an artifact"))
     }
 }
 
@@ -430,6 +518,10 @@ pub(crate) async fn claim(
     platform: &str,
     worker: &str,
 ) -> anyhow::Result<Result<Option<Running>, Instant>> {
+    // Draining for shutdown: hand out nothing, wait for the end.
+    if shared.draining.is_cancelled() {
+        return Ok(Ok(None));
+    }
     let blocking = Arc::clone(shared);
     let (platform, worker) = (platform.to_owned(), worker.to_owned());
     // A commit: off the async threads.
@@ -467,7 +559,7 @@ pub(crate) async fn build_lost(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); not requeued: {e}")),
             );
-            shared.live.remove(uuid);
+            shared.live.remove(uuid, live);
             return if e.is_disk_full() {
                 Ok(())
             } else {
@@ -477,16 +569,18 @@ pub(crate) async fn build_lost(
     };
     match fate {
         LostFate::Requeued => {
-            tracing::warn!(job = %running.job.job, %uuid, %reason, "worker lost; build requeued at the front");
-            live.finish(
-                now,
-                JobOutcome::Aborted(format!("worker lost ({reason}); requeued")),
-            );
-            shared.live.remove(uuid);
+            let attempt = running.job.lost + 2;
+            tracing::warn!(job = ?running.job.job, %uuid, ?reason, attempt, "worker lost; build requeued at the front");
+            // Same UUID: its observers follow it into its next attempt.
+            live.requeued(Requeue {
+                attempt,
+                reason: reason.to_owned(),
+            });
+            shared.live.remove(uuid, live);
             shared.wake_platform(&running.job.platform);
         }
         LostFate::GiveUp(r) => {
-            tracing::error!(job = %r.job.job, %uuid, %reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
+            tracing::error!(job = ?r.job.job, %uuid, ?reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
             end_build(
                 shared,
@@ -499,7 +593,7 @@ pub(crate) async fn build_lost(
             )
             .await?;
         }
-        LostFate::Unknown => shared.live.remove(uuid),
+        LostFate::Unknown => shared.live.remove(uuid, live),
     }
     Ok(())
 }
@@ -534,7 +628,7 @@ pub(crate) async fn end_build(
         finished,
         stored.as_ref().map_or(outcome, |recorded| recorded.clone()),
     );
-    shared.live.remove(running.uuid);
+    shared.live.remove(running.uuid, live);
     stored
 }
 
@@ -597,6 +691,7 @@ pub(crate) async fn store_result(
         finished,
         outcome,
         path: None,
+        attempts: job.lost + 1,
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
@@ -636,6 +731,9 @@ pub(crate) async fn store_result(
     .await
     .context("record writer panicked")?;
     let outcome = result.outcome.clone();
+    shared
+        .metrics
+        .build_finished(&job.platform, &outcome, started, finished);
     match indexed {
         Ok(()) => {}
         Err(e) if e.is_disk_full() => index_later(shared, result),
@@ -755,7 +853,7 @@ async fn index_stored(
         Err(e) => {
             // `full` only ever appears complete (renamed after fsync), so
             // this is damage from outside; keep the file for inspection.
-            tracing::error!(path = %path.display(), error = %format!("{e:#}"), "unreadable record; running the build again");
+            tracing::error!(path = ?path.display(), error = ?format!("{e:#}"), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
             if let Err(e) = std::fs::rename(build_dir, &aside) {
                 tracing::error!(dir = %build_dir.display(), error = %e, "cannot move the unreadable record aside");
@@ -771,6 +869,7 @@ async fn index_stored(
         finished: Timestamp::from_datetime(head.finished),
         outcome: JobOutcome::from(&head.result),
         path: Some(path),
+        attempts: running.job.lost + 1,
     };
     let indexed = {
         let (blocking, r) = (Arc::clone(shared), result.clone());
@@ -786,7 +885,7 @@ async fn index_stored(
         }
         Err(e) => return Err(e.into()),
     }
-    tracing::info!(job = %result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
+    tracing::info!(job = ?result.job, uuid = %result.uuid, "indexed a build stored just before the server stopped");
     Ok(true)
 }
 

@@ -87,7 +87,8 @@ printf 'no newline at the end'
         job: None,
         limit: 10,
     }) {
-        ServerToClient::Results(r) => {
+        ServerToClient::ResultList(r) => {
+            let r: Vec<_> = r.into_iter().map(|e| e.summary).collect();
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].job, "hello");
             assert_eq!(r[0].outcome, JobOutcome::Exited(0));
@@ -549,7 +550,18 @@ fn connections_over_the_limit_are_refused_with_the_reason() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let held = client_conn(&server.addr).await;
+        // The limit counts connections whose hello was accepted: the
+        // second is turned away once it says hello.
         let mut second = protocol::codec::Connection::connect(&server.addr, 1 << 20)
+            .await
+            .unwrap();
+        second
+            .send(&protocol::message::Hello {
+                version: protocol::message::PROTOCOL_VERSION,
+                role: protocol::message::Role::Client,
+                token: None,
+                software: "test".into(),
+            })
             .await
             .unwrap();
         match second.recv::<HelloReply>().await.unwrap() {
@@ -609,7 +621,8 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
         job: None,
         limit: 10,
     }) {
-        ServerToClient::Results(r) => {
+        ServerToClient::ResultList(r) => {
+            let r: Vec<_> = r.into_iter().map(|e| e.summary).collect();
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].uuid, running.uuid);
             assert_eq!(r[0].outcome, JobOutcome::Exited(0));

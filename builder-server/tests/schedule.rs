@@ -104,21 +104,32 @@ fn reschedule_sets_the_next_run_exactly_and_queues_nothing_and_survives_sigkill(
 
 #[test]
 fn a_job_that_missed_runs_is_queued_once_and_keeps_its_phase() {
-    let (tmp, server) = setup();
-    let path = script(tmp.path(), "hourly.sh", "echo hourly\n");
-    server.client_ok(&[
-        "schedule",
-        "hourly",
-        "linux",
-        path.to_str().unwrap(),
-        "--period",
-        "hourly",
-    ]);
-    // As if the server had been down for 3.5 hours since the job's slot.
+    let (_tmp, server) = setup();
+    // The server was down for 3.5 hours since the job's slot: the job is
+    // written into the stopped server's state as it would have been (a
+    // reschedule into the past is refused).
     let slot = (Utc::now() - TimeDelta::minutes(210))
         .duration_trunc(TimeDelta::seconds(1))
         .unwrap();
-    server.client_ok(&["reschedule", "hourly", &slot.to_rfc3339()]);
+    let state = server.dir.clone();
+    drop(server);
+    {
+        let db = builder_server::db::Db::open(&builder_server::layout::db_path(&state)).unwrap();
+        let entry = ScheduleEntry {
+            job: protocol::message::JobSpec {
+                name: "hourly".into(),
+                kind: protocol::message::JobKind::Script {
+                    platform: "linux".into(),
+                    script: "echo hourly\n".into(),
+                },
+            },
+            trigger: Trigger::Hourly,
+            next_run: Some(Timestamp::from_datetime(slot)),
+            timeout_secs: None,
+        };
+        assert!(db.insert_job(&entry).unwrap());
+    }
+    let server = Server::start(&state, &[]);
     let next = wait_for("the missed run to be handled", || {
         let e = entry(&server, "hourly");
         (e.next_run != Some(Timestamp::from_datetime(slot))).then_some(e.next_run)
@@ -166,7 +177,7 @@ fn a_dropped_platform_gets_no_work_and_its_worker_exits_with_the_reason() {
     });
 
     let out = server.client_ok(&["drop-platform", "old"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped old"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped platform old"));
     let status = waiting.wait_exit();
     assert!(!status.success());
     assert!(

@@ -17,7 +17,7 @@ fn results(server: &Server, job: &str) -> Vec<ResultSummary> {
         job: Some(job.into()),
         limit: 100,
     }) {
-        ServerToClient::Results(r) => r,
+        ServerToClient::ResultList(r) => r.into_iter().map(|e| e.summary).collect(),
         other => panic!("unexpected answer {other:?}"),
     }
 }

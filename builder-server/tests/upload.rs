@@ -141,7 +141,10 @@ fn upload_states(server: &Server) -> Vec<(String, UploadState)> {
         job: None,
         limit: 100,
     }) {
-        ServerToClient::Results(r) => r.into_iter().map(|r| (r.job, r.upload)).collect(),
+        ServerToClient::ResultList(r) => r
+            .into_iter()
+            .map(|e| (e.summary.job, e.summary.upload))
+            .collect(),
         other => panic!("{other:?}"),
     }
 }

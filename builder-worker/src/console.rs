@@ -19,7 +19,7 @@ use protocol::message::OutputLine;
 use tokio::time::Instant;
 
 /// The longest console line; longer lines are split into pieces this long.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = protocol::message::MAX_CONSOLE_LINE;
 
 /// A batch is sent once it holds this many bytes (line data plus
 /// [`LINE_OVERHEAD`] per line).

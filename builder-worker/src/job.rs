@@ -98,7 +98,7 @@ pub async fn run(
             return;
         }
     };
-    debug!(%uuid, dir = %dir.path.display(), "job directory created");
+    debug!(%uuid, dir = ?dir.path.display(), "job directory created");
     let mut watchdog = None;
     let (outcome, finished) =
         run_in(&job, &dir.path, &settings, &mut out, abort, &mut watchdog).await;
@@ -120,7 +120,7 @@ pub async fn run(
     } else {
         outcome
     };
-    info!(%uuid, job = %job.name, %outcome, "job finished");
+    info!(%uuid, job = ?job.name, outcome = ?outcome.to_string(), "job finished");
     out.finished(finished, outcome).await;
     remove_dir(dir).await;
     if let Some(watchdog) = watchdog {
@@ -187,8 +187,8 @@ async fn remove_dir(dir: JobDir) {
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)));
     match result {
-        Ok(()) => debug!(dir = %shown, "job directory removed"),
-        Err(e) => error!(dir = %shown, "cannot remove the job directory: {e}"),
+        Ok(()) => debug!(dir = ?shown, "job directory removed"),
+        Err(e) => error!(dir = ?shown, "cannot remove the job directory: {e}"),
     }
 }
 
@@ -239,7 +239,7 @@ async fn run_in(
             .and_then(|id| i32::try_from(id).ok())
             .unwrap_or(0),
     );
-    info!(uuid = %job.uuid, job = %job.name, pid = pgid.as_raw(), "job started");
+    info!(uuid = %job.uuid, job = ?job.name, pid = pgid.as_raw(), "job started");
     match Watchdog::start(pgid, dir) {
         Ok(w) => *watchdog = Some(w),
         // The job still runs; only a worker's death would leave it behind.
@@ -289,7 +289,7 @@ fn write_script(path: &Path, script: &str) -> io::Result<()> {
 /// failed `exec` for every script without `#!`.
 fn spawn(script: &Path, shebang: bool, dir: &Path, writer: OwnedFd) -> io::Result<Child> {
     let with_sh = || {
-        debug!(script = %script.display(), "no #! line, running it with /bin/sh");
+        debug!(script = ?script.display(), "no #! line, running it with /bin/sh");
         command("/bin/sh".as_ref(), Some(script), dir, &writer)?.spawn()
     };
     if !shebang {
@@ -390,7 +390,7 @@ impl Supervisor {
                         Ok(status) => outcome_of(status),
                         Err(e) => JobOutcome::Aborted(format!("cannot wait for the script: {e}")),
                     };
-                    debug!(uuid = %self.uuid, %outcome, "main process ended");
+                    debug!(uuid = %self.uuid, outcome = ?outcome.to_string(), "main process ended");
                     self.exited = Some((outcome, now));
                     self.kill_at = None;
                     drain_until = Some(Instant::now() + self.drain_idle());
@@ -468,7 +468,7 @@ impl Supervisor {
     /// Stops the job: SIGTERM now, SIGKILL after the grace period (or as soon
     /// as the main process ends).
     fn begin_abort(&mut self, reason: String) {
-        info!(uuid = %self.uuid, %reason, "stopping the job");
+        info!(uuid = %self.uuid, ?reason, "stopping the job");
         self.abort_reason = Some(reason);
         if self.exited.is_none() {
             self.signal_group(Signal::SIGTERM);

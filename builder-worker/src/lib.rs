@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub mod artifacts;
+pub mod cli;
 pub mod console;
 pub mod job;
 mod session;
@@ -53,9 +54,12 @@ pub struct Config {
     pub looping: bool,
     /// Between SIGTERM and SIGKILL when a job is stopped.
     pub kill_grace: Duration,
+    /// How long to wait for the TCP connection and the server's hello.
+    pub timeouts: protocol::handshake::Timeouts,
     /// Where job directories are made (`$TMPDIR`, default `/tmp`).
     pub tmpdir: PathBuf,
-    /// This machine's name, as shown by the server.
+    /// This worker's name, as the server's `info` shows it (`--name`,
+    /// default [`default_name`]). Sent as the hello's `host`.
     pub host: String,
 }
 
@@ -76,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .unwrap_or(0);
     if removed > 0 {
-        info!(count = removed, dir = %config.tmpdir.display(), "removed stale job directories of dead workers");
+        info!(count = removed, dir = ?config.tmpdir.display(), "removed stale job directories of dead workers");
     }
     let stop = CancellationToken::new();
     let work = serve(&config, &stop);
@@ -110,7 +114,7 @@ async fn serve(config: &Config, stop: &CancellationToken) -> anyhow::Result<()> 
             Err(SessionError::Failed(e)) if !config.looping => return Err(e),
             Err(SessionError::Failed(e)) => {
                 let delay = backoff.next_delay();
-                warn!(remote = %config.remote, "{e:#}; retrying in {}s", delay.as_secs());
+                warn!(remote = %config.remote, "{e:#}; retrying in {:.1}s", delay.as_secs_f64());
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stop.cancelled() => return Ok(()),
@@ -121,7 +125,9 @@ async fn serve(config: &Config, stop: &CancellationToken) -> anyhow::Result<()> 
 }
 
 /// Exponential backoff between reconnections: 1 s doubling up to 30 s, back
-/// to 1 s after a successful hello.
+/// to 1 s after a successful hello. Each delay is jittered to between half
+/// and all of that, so the `--loop` workers of a farm do not all reconnect
+/// in the same instant after a server restart.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
@@ -135,11 +141,17 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt.
+    /// The delay before the next attempt: the current step, jittered.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
+        let step = self.next_step();
+        step.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The current step (before jitter), and on to the next.
+    fn next_step(&mut self) -> Duration {
+        let step = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
-        delay
+        step
     }
 
     /// After a success: start over.
@@ -152,6 +164,23 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff::new()
     }
+}
+
+/// The worker's default name: the host name and the process id
+/// (`build1/4711`), so two workers on one host can be told apart.
+pub fn default_name() -> String {
+    format!("{}/{}", host_name(), std::process::id())
+}
+
+/// Checks a `--name`: 1 to 128 characters, none of them a control character.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err("--name must be 1 to 128 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("--name {name:?} holds a control character"));
+    }
+    Ok(())
 }
 
 /// This machine's host name, or `unknown` if it has none.
@@ -172,9 +201,29 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new();
-        let delays: Vec<u64> = (0..8).map(|_| b.next_delay().as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        let steps: Vec<u64> = (0..8).map(|_| b.next_step().as_secs()).collect();
+        assert_eq!(steps, [1, 2, 4, 8, 16, 30, 30, 30]);
         b.reset();
-        assert_eq!(b.next_delay(), BACKOFF_START);
+        assert_eq!(b.next_step(), BACKOFF_START);
+    }
+
+    #[test]
+    fn backoff_delays_are_jittered_within_their_step() {
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut b = Backoff::new();
+                b.next_step();
+                b.next_delay() // the 2 s step
+            })
+            .collect();
+        for d in &delays {
+            assert!(
+                (Duration::from_secs(1)..=Duration::from_secs(2)).contains(d),
+                "{d:?}"
+            );
+        }
+        // Workers that start together do not retry together.
+        let first = delays[0];
+        assert!(delays.iter().any(|d| *d != first), "no jitter: {first:?}");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
-use protocol::handshake::{self, HandshakeError, HANDSHAKE_TIMEOUT};
+use protocol::handshake::{self, HandshakeError};
 use protocol::message::{
     Hello, JobAssignment, JobOutcome, ServerHello, ServerToWorker, Timestamp, WorkerMessage,
 };
@@ -79,7 +79,7 @@ pub(crate) async fn run(
         config.token.clone(),
         format!("builder-worker {}", env!("CARGO_PKG_VERSION")),
     );
-    let connect = handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT);
+    let connect = handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, config.timeouts);
     let (conn, server) = tokio::select! {
         c = connect => match c {
             Ok(welcomed) => welcomed,
@@ -91,7 +91,7 @@ pub(crate) async fn run(
     if server.version != PROTOCOL_VERSION {
         warn!(%remote, theirs = server.version, ours = PROTOCOL_VERSION, "server speaks another protocol version");
     }
-    info!(%remote, server = %server.software, platform = %config.platform, "connected");
+    info!(%remote, server = ?server.software, platform = ?config.platform, "connected");
     backoff.reset();
 
     let mut session = Session::new(config, conn, &server);
@@ -192,7 +192,7 @@ impl<'a> Session<'a> {
         let result = self.serve_jobs(stop, &mut running).await;
         if let Some(job) = running {
             if !job.done() {
-                warn!(uuid = %job.uuid, job = %job.name, "killing the job: the connection is lost");
+                warn!(uuid = %job.uuid, job = ?job.name, "killing the job: the connection is lost");
             }
             let (uuid, name) = (job.uuid, job.name.clone());
             job.kill(job::CONNECTION_LOST).await;
@@ -242,14 +242,14 @@ impl<'a> Session<'a> {
                                     job.name, job.uuid, current.name, current.uuid
                                 ).into());
                             }
-                            info!(uuid = %job.uuid, job = %job.name, timeout_secs = job.timeout_secs, "job received");
+                            info!(uuid = %job.uuid, job = ?job.name, timeout_secs = job.timeout_secs, "job received");
                             // (Never while stopping: a stop without a job
                             // ends the session at once.)
                             *running = Some(Running::start(job, self.settings.clone()));
                         }
                         ServerToWorker::Cancel { uuid, reason } => match running.as_ref() {
                             Some(job) if job.uuid == uuid && !job.done() => {
-                                info!(%uuid, %reason, "job cancelled by the server");
+                                info!(%uuid, ?reason, "job cancelled by the server");
                                 job.abort(&reason);
                             }
                             _ => debug!(%uuid, "cancel for a job not running here, ignored"),
@@ -262,7 +262,7 @@ impl<'a> Session<'a> {
                             _ => warn!(%uuid, "stored for a job not running here, ignored"),
                         },
                         ServerToWorker::Failure { reason } => {
-                            warn!(%remote, %reason, "the server reported a failure");
+                            warn!(%remote, ?reason, "the server reported a failure");
                             return Err(anyhow!("{remote} reported a failure: {reason}").into());
                         }
                     }
@@ -322,7 +322,7 @@ impl<'a> Session<'a> {
             };
             if job.done() && job.stored {
                 let job = running.take().expect("checked above");
-                info!(uuid = %job.uuid, job = %job.name, "result stored by the server");
+                info!(uuid = %job.uuid, job = ?job.name, "result stored by the server");
                 if let Err(e) = job.handle.await {
                     warn!(uuid = %job.uuid, "job task failed: {e}");
                 }

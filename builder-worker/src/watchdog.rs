@@ -130,7 +130,7 @@ pub fn remove_stale_dirs(tmpdir: &Path) -> usize {
     let entries = match fs::read_dir(tmpdir) {
         Ok(entries) => entries,
         Err(e) => {
-            warn!(dir = %tmpdir.display(), "cannot look for stale job directories: {e}");
+            warn!(dir = ?tmpdir.display(), "cannot look for stale job directories: {e}");
             return 0;
         }
     };
@@ -152,15 +152,15 @@ pub fn remove_stale_dirs(tmpdir: &Path) -> usize {
         };
         // Held by a live worker: its job is running.
         let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            debug!(dir = %path.display(), "job directory in use");
+            debug!(dir = ?path.display(), "job directory in use");
             continue;
         };
         match remove_dir_all(&path) {
             Ok(()) => {
-                info!(dir = %path.display(), "removed a stale job directory");
+                info!(dir = ?path.display(), "removed a stale job directory");
                 removed += 1;
             }
-            Err(e) => warn!(dir = %path.display(), "cannot remove a stale job directory: {e}"),
+            Err(e) => warn!(dir = ?path.display(), "cannot remove a stale job directory: {e}"),
         }
         drop(lock);
     }

@@ -5,10 +5,8 @@
 //! point of decode-then-encode, and that `dialect` calls every decodable
 //! command a reference command.
 //!
-//! Seed the corpus with the golden vectors:
-//!   mkdir -p corpus/legacy_decode
-//!   cp ../fixtures/{cmd,state,e2e/wire}/*.der ../fixtures/e2e/state-final.der \
-//!      ../fixtures/quirks/*cmd*.der ../fixtures/quirks/*state*.der corpus/legacy_decode/
+//! `fuzz/seed-corpus.sh` seeds its corpus with the reference's commands and
+//! state files from `fixtures/`.
 
 #![no_main]
 

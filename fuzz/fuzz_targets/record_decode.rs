@@ -14,8 +14,6 @@
 
 #![no_main]
 
-use std::io::Read;
-
 use libfuzzer_sys::fuzz_target;
 use protocol::record::{read_record, Artifact, Exec};
 

@@ -4,6 +4,10 @@
 //! The receiver's limit is checked against the header before a single byte of
 //! the body is buffered, so a peer announcing a huge frame costs nothing: the
 //! decoder fails with [`FrameError::TooLarge`] and the connection is closed.
+//! Within the limit, memory is never reserved for an announced length: the
+//! read buffer grows only as bytes arrive, by at most [`READ_CHUNK`] ahead
+//! of them, so a peer that announces 16 MiB and sends 10 bytes holds less
+//! than 100 KiB.
 //! A connection that ends between frames is a clean end of stream; one that
 //! ends inside a frame is [`FrameError::Truncated`].
 //!
@@ -13,6 +17,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +39,9 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// below any sane frame limit.
 pub const CHUNK_SIZE: usize = 256 * 1024;
 
+/// The most room the decoder reserves ahead of the bytes that arrived.
+pub const READ_CHUNK: usize = 64 * 1024;
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -53,6 +61,9 @@ pub enum FrameError {
         /// Bytes the frame needs, header included (or just the header's 8).
         need: u64,
     },
+    /// A frame that had started did not complete in time.
+    #[error("no complete frame within {0:?} of its first byte")]
+    Stalled(Duration),
     /// The socket failed.
     #[error("i/o error")]
     Io(#[from] io::Error),
@@ -100,9 +111,11 @@ impl Decoder for FrameCodec {
         let len = len as usize;
         let total = HEADER_LEN + len;
         if src.len() < total {
-            // Reserve what this frame still needs (bounded by `max`), so the
-            // read loop does not grow the buffer a few bytes at a time.
-            src.reserve(total - src.len());
+            // Room for the next read only, at most READ_CHUNK: the announced
+            // length is the peer's word, the bytes that arrive are what
+            // costs memory. (Reserving nothing makes the read loop grow the
+            // buffer a few KiB at a time, copying it each time.)
+            src.reserve((total - src.len()).min(READ_CHUNK));
             return Ok(None);
         }
         src.advance(HEADER_LEN);
@@ -161,6 +174,10 @@ pub enum ConnectionError {
 pub struct Connection<S = TcpStream> {
     framed: Framed<S, FrameCodec>,
     peer: String,
+    /// See [`Connection::set_frame_timeout`].
+    frame_timeout: Option<Duration>,
+    /// When the frame now in the read buffer was first seen there.
+    partial_since: Option<tokio::time::Instant>,
 }
 
 impl Connection<TcpStream> {
@@ -187,7 +204,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Connection {
             framed: Framed::new(stream, FrameCodec::new(max_frame)),
             peer,
+            frame_timeout: None,
+            partial_since: None,
         }
+    }
+
+    /// Changes the limit on the payload of frames read and written from now
+    /// on (a server raises it once the peer's hello is accepted).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        *self.framed.codec_mut() = FrameCodec::new(max_frame);
+    }
+
+    /// Limits how long a frame may take to arrive once its first byte has
+    /// (`None`, the default: no limit). Waiting *between* frames is never
+    /// limited. A frame that takes longer ends [`Connection::recv_frame`]
+    /// with [`FrameError::Stalled`]; the frame's start is noticed within
+    /// half the timeout, so a stalled peer is dropped after 1 to 1.5 times
+    /// `timeout`.
+    pub fn set_frame_timeout(&mut self, timeout: Option<Duration>) {
+        self.frame_timeout = timeout;
+        self.partial_since = None;
     }
 
     /// The other side's address, for logs.
@@ -225,7 +261,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Receives one frame's payload; `None` when the peer closed the
     /// connection cleanly between frames. Cancel-safe (usable in `select!`).
     pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
-        self.framed.next().await.transpose()
+        let Some(timeout) = self.frame_timeout else {
+            return self.framed.next().await.transpose();
+        };
+        // Looks at the read buffer every half timeout: bytes there are a
+        // frame that has started. (The state lives in `self`, so this stays
+        // cancel-safe.)
+        let every = (timeout / 2).max(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                next = self.framed.next() => {
+                    self.partial_since = None;
+                    return next.transpose();
+                }
+                () = tokio::time::sleep(every) => {
+                    if self.framed.read_buffer().is_empty() {
+                        self.partial_since = None;
+                    } else {
+                        let since = *self.partial_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= timeout {
+                            return Err(FrameError::Stalled(timeout));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Receives and decodes one message; `None` on a clean end of stream.
@@ -301,6 +361,67 @@ mod tests {
             codec.decode(&mut src),
             Err(FrameError::TooLarge { len: u64::MAX, .. })
         ));
+    }
+
+    #[test]
+    fn a_big_announced_length_reserves_nothing() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut src = BytesMut::with_capacity(64);
+        src.put_u64(DEFAULT_MAX_FRAME as u64);
+        src.put_slice(b"only a few bytes");
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        // The 16 MiB announced were not reserved: memory follows the bytes
+        // that arrived, plus one read's room.
+        assert!(
+            src.capacity() <= 64 + READ_CHUNK,
+            "capacity {}",
+            src.capacity()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_buffers_what_arrived_not_what_was_announced() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut b = Connection::new(b, DEFAULT_MAX_FRAME, "b".into());
+        a.write_all(&(DEFAULT_MAX_FRAME as u64).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(&[7u8; 100_000]).await.unwrap();
+        // Reads everything written, then waits for the rest (paused time
+        // moves on only once nothing is left to read).
+        let read = tokio::time::timeout(Duration::from_secs(1), b.recv_frame()).await;
+        assert!(read.is_err(), "the frame is not complete");
+        let buffer = b.framed.read_buffer();
+        assert_eq!(buffer.len(), HEADER_LEN + 100_000);
+        assert!(
+            buffer.capacity() <= 2 * (buffer.len() + READ_CHUNK),
+            "capacity {} for {} bytes",
+            buffer.capacity(),
+            buffer.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_is_dropped_but_idle_is_fine() {
+        use tokio::io::AsyncWriteExt;
+        let (mut a, b) = tokio::io::duplex(1024);
+        let mut b = Connection::new(b, 1024, "b".into());
+        b.set_frame_timeout(Some(Duration::from_secs(10)));
+        // Idle between frames for far longer than the timeout: fine.
+        let idle = tokio::time::timeout(Duration::from_secs(100), b.recv_frame()).await;
+        assert!(idle.is_err(), "still waiting");
+        // Half a frame, then nothing.
+        a.write_all(&100u64.to_be_bytes()).await.unwrap();
+        a.write_all(b"half").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = b.recv_frame().await.unwrap_err();
+        assert!(matches!(err, FrameError::Stalled(_)), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took <= Duration::from_secs(16),
+            "{took:?}"
+        );
     }
 
     #[test]

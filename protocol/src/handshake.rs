@@ -25,8 +25,42 @@ pub const DEFAULT_PORT: u16 = 1234;
 /// `BUILDER_REMOTE` is given: `127.0.0.1:`[`DEFAULT_PORT`].
 pub const DEFAULT_REMOTE: &str = "127.0.0.1:1234";
 
-/// How long a connection attempt and the hello may each take by default.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client or worker waits for the TCP connection by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client or worker waits for the server's hello reply by
+/// default.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connect and hello timeouts of a client or worker
+/// (`--connect-timeout`, `--hello-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// For the TCP connection.
+    pub connect: Duration,
+    /// For the server's hello reply.
+    pub hello: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            hello: DEFAULT_HELLO_TIMEOUT,
+        }
+    }
+}
+
+/// Parses a timeout flag: positive seconds, fractions allowed (`10`, `0.5`),
+/// at most a day.
+pub fn parse_timeout_secs(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400 (e.g. 10 or 0.5)"
+        )),
+    }
+}
 
 impl Hello {
     /// A client's hello for this protocol version.
@@ -70,9 +104,17 @@ pub enum HandshakeError {
         #[source]
         source: io::Error,
     },
-    /// The connection or the hello took too long.
-    #[error("no answer from {remote} within {}s", timeout.as_secs_f64())]
-    Timeout {
+    /// No TCP connection within the connect timeout.
+    #[error("cannot connect to {remote}: no connection within {}s (--connect-timeout)", timeout.as_secs_f64())]
+    ConnectTimeout {
+        /// The remote as given.
+        remote: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// Connected, but no hello reply within the hello timeout.
+    #[error("{remote} accepted the connection but did not answer the hello within {}s (--hello-timeout); it is probably not a builder-server", timeout.as_secs_f64())]
+    HelloTimeout {
         /// The remote as given.
         remote: String,
         /// The limit.
@@ -103,8 +145,7 @@ pub enum HandshakeError {
 }
 
 /// Connects to `remote` (`host:port`, `1.2.3.4:port`, `[::1]:port`), sends
-/// `hello` and waits for the server's; the connection and the exchange may
-/// each take `timeout`.
+/// `hello` and waits for the server's, each within its [`Timeouts`].
 ///
 /// # Errors
 ///
@@ -113,8 +154,9 @@ pub async fn connect(
     remote: &str,
     hello: &Hello,
     max_frame: usize,
-    timeout: Duration,
+    timeouts: Timeouts,
 ) -> Result<(Connection<TcpStream>, ServerHello), HandshakeError> {
+    let timeout = timeouts.connect;
     let mut conn = match tokio::time::timeout(timeout, Connection::connect(remote, max_frame)).await
     {
         Ok(Ok(conn)) => conn,
@@ -125,13 +167,13 @@ pub async fn connect(
             })
         }
         Err(_) => {
-            return Err(HandshakeError::Timeout {
+            return Err(HandshakeError::ConnectTimeout {
                 remote: remote.to_owned(),
                 timeout,
             })
         }
     };
-    let server = handshake(&mut conn, remote, hello, timeout).await?;
+    let server = handshake(&mut conn, remote, hello, timeouts.hello).await?;
     Ok((conn, server))
 }
 
@@ -160,7 +202,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             })
         }
         Err(_) => {
-            return Err(HandshakeError::Timeout {
+            return Err(HandshakeError::HelloTimeout {
                 remote: remote.to_owned(),
                 timeout,
             })
@@ -214,7 +256,7 @@ mod tests {
         };
         let (mut conn, task) = server_side(Some(HelloReply::Welcome(welcome.clone())));
         let hello = Hello::worker("linux", "h", Some("t".into()), "w");
-        let got = handshake(&mut conn, "s", &hello, HANDSHAKE_TIMEOUT)
+        let got = handshake(&mut conn, "s", &hello, DEFAULT_HELLO_TIMEOUT)
             .await
             .unwrap();
         assert_eq!(got, welcome);
@@ -228,9 +270,14 @@ mod tests {
         let (mut conn, _task) = server_side(Some(HelloReply::Refused {
             reason: "bad token".into(),
         }));
-        let err = handshake(&mut conn, "s", &Hello::client(None, "c"), HANDSHAKE_TIMEOUT)
-            .await
-            .unwrap_err();
+        let err = handshake(
+            &mut conn,
+            "s",
+            &Hello::client(None, "c"),
+            DEFAULT_HELLO_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(&err, HandshakeError::Refused { reason } if reason == "bad token"));
         assert_eq!(err.to_string(), "server refused the connection: bad token");
     }
@@ -238,9 +285,14 @@ mod tests {
     #[tokio::test]
     async fn a_close_or_silence_is_not_a_refusal() {
         let (mut conn, _task) = server_side(None);
-        let err = handshake(&mut conn, "s", &Hello::client(None, "c"), HANDSHAKE_TIMEOUT)
-            .await
-            .unwrap_err();
+        let err = handshake(
+            &mut conn,
+            "s",
+            &Hello::client(None, "c"),
+            DEFAULT_HELLO_TIMEOUT,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, HandshakeError::Closed { .. }), "{err}");
 
         let (a, _b) = tokio::io::duplex(4096);
@@ -253,7 +305,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, HandshakeError::Timeout { .. }), "{err}");
+        assert!(matches!(err, HandshakeError::HelloTimeout { .. }), "{err}");
     }
 
     #[tokio::test]
@@ -269,7 +321,7 @@ mod tests {
             &remote,
             &Hello::client(None, "c"),
             DEFAULT_MAX_FRAME,
-            HANDSHAKE_TIMEOUT,
+            Timeouts::default(),
         )
         .await
         else {
@@ -277,5 +329,44 @@ mod tests {
         };
         assert!(matches!(err, HandshakeError::Connect { .. }), "{err}");
         assert_eq!(err.to_string(), format!("cannot connect to {remote}"));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_the_hello_times_out_with_a_hint() {
+        // Accepts, then says nothing: not a builder-server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap().to_string();
+        let accepting = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            // Held open (not closed) until the test ends.
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(10),
+            hello: Duration::from_millis(200),
+        };
+        let Err(err) = connect(&remote, &Hello::client(None, "c"), 1024, timeouts).await else {
+            panic!("a silent peer welcomed the hello");
+        };
+        assert!(
+            matches!(err, HandshakeError::HelloTimeout { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&remote) && text.contains("probably not a builder-server"),
+            "{text}"
+        );
+        accepting.abort();
+    }
+
+    #[test]
+    fn timeout_flags_take_positive_seconds() {
+        assert_eq!(parse_timeout_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout_secs("0.25"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "-1", "soon", "", "1e9", "NaN"] {
+            assert!(parse_timeout_secs(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -35,6 +35,11 @@ use crate::trigger::Trigger;
 ///   ([`ServerToClient::InfoPart`] .. [`ServerToClient::InfoEnd`]);
 ///   [`ClientRequest::Show`] answers one job with its script
 ///   ([`ServerToClient::Job`]).
+///   Also [`ClientRequest::Update`], [`ClientRequest::ExecuteObserve`],
+///   [`ClientRequest::ObserveNext`], [`ClientRequest::Fetch`] with
+///   [`ServerToClient::Notice`], [`ServerToClient::RecordStart`] and
+///   [`ServerToClient::RecordChunk`]; a build's UUID is given when it is
+///   queued, and results count attempts.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A point in time: nanoseconds since the Unix epoch, UTC.
@@ -200,6 +205,11 @@ pub struct JobAssignment {
     /// The worker kills the job after this many seconds (outcome `timeout`).
     pub timeout_secs: u64,
 }
+
+/// The longest console line a worker sends, in bytes: a longer line is
+/// split into pieces of this size by the worker, and cut here by the server
+/// if a worker does not.
+pub const MAX_CONSOLE_LINE: usize = 64 * 1024;
 
 /// One line of console output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -434,6 +444,43 @@ pub enum ClientRequest {
         /// The job's name.
         name: String,
     },
+    /// Change a scheduled job in place: it keeps its name, its history and,
+    /// unless the trigger changes, its next run. Absent fields stay as they
+    /// are; queued runs take the new script, timeout and platform.
+    Update {
+        /// The job's name.
+        name: String,
+        /// A new script (script jobs only).
+        script: Option<String>,
+        /// A new platform (script jobs only).
+        platform: Option<String>,
+        /// A new trigger; its phase starts now.
+        trigger: Option<Trigger>,
+        /// A new per-job timeout.
+        timeout_secs: Option<u64>,
+    },
+    /// [`ClientRequest::Execute`], then observe the build it queued, from
+    /// its first line (the answer is an observe stream).
+    ExecuteObserve {
+        /// The job's name.
+        name: String,
+        /// The platform (needed for an orb-build job on several platforms).
+        platform: Option<String>,
+    },
+    /// Wait for the next build matching the filters to start, then observe
+    /// it from its first line.
+    ObserveNext {
+        /// Only builds of this platform.
+        platform: Option<String>,
+        /// Only builds of this job.
+        job: Option<String>,
+    },
+    /// Send a stored build's record (`full` file): answered with
+    /// [`ServerToClient::RecordStart`] and [`ServerToClient::RecordChunk`]s.
+    Fetch {
+        /// The build.
+        uuid: Uuid,
+    },
 }
 
 /// From the server to a client.
@@ -454,7 +501,9 @@ pub enum ServerToClient {
     /// version 2 ([`ServerToClient::InfoPart`] instead); kept so that the
     /// variants after it keep their indices.
     Info(Info),
-    /// The answer to [`ClientRequest::Results`].
+    /// The answer to [`ClientRequest::Results`] in version 1 only; since
+    /// version 2 it is [`ServerToClient::ResultList`]. Kept so that the
+    /// variants after it keep their indices.
     Results(Vec<ResultSummary>),
     /// First answer to an observe request: which build is shown.
     ObserveStart(BuildHeader),
@@ -486,6 +535,34 @@ pub enum ServerToClient {
     },
     /// The answer to [`ClientRequest::Show`]: the job with its script.
     Job(ScheduleEntry),
+    /// A line for the operator's stderr, printed as it is, before or within
+    /// an answer: a warning about the request (`warning: no worker has ever
+    /// asked for platform ...`) or news of an observed build (`queued on
+    /// linux as UUID`, `worker lost (...); requeued (attempt 2)`). The
+    /// answer goes on after it.
+    Notice {
+        /// One line.
+        message: String,
+    },
+    /// A record follows as [`ServerToClient::RecordChunk`]s whose sizes add
+    /// up to exactly `len`.
+    RecordStart {
+        /// The build.
+        uuid: Uuid,
+        /// Its job (the record lives under `<job>/<uuid>/full`).
+        job: String,
+        /// The record's size in bytes.
+        len: u64,
+    },
+    /// Part of the record announced by [`ServerToClient::RecordStart`].
+    RecordChunk {
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The answer to [`ClientRequest::Results`] since version 2, with each
+    /// build's attempts ([`ServerToClient::Results`] is version 1's).
+    ResultList(Vec<ResultEntry>),
 }
 
 /// One item of an `info` answer (since version 2).
@@ -652,6 +729,16 @@ pub struct ResultSummary {
     pub outcome: JobOutcome,
     /// Whether it reached builder-web.
     pub upload: UploadState,
+}
+
+/// A finished build as `results` lists it since version 2.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ResultEntry {
+    /// The build.
+    pub summary: ResultSummary,
+    /// Which attempt this was: 1, or more when workers were lost before
+    /// (the build keeps its UUID across requeues).
+    pub attempts: u32,
 }
 
 /// Whether a build record reached builder-web.

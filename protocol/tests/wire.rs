@@ -259,6 +259,31 @@ fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 name: "hello".into(),
             },
         ),
+        (
+            "update",
+            ClientRequest::Update {
+                name: "hello".into(),
+                script: Some("echo new\n".into()),
+                platform: None,
+                trigger: Some(Trigger::Cron("0 4 * * *".into())),
+                timeout_secs: Some(600),
+            },
+        ),
+        (
+            "execute-observe",
+            ClientRequest::ExecuteObserve {
+                name: "hello".into(),
+                platform: None,
+            },
+        ),
+        (
+            "observe-next",
+            ClientRequest::ObserveNext {
+                platform: Some("linux".into()),
+                job: None,
+            },
+        ),
+        ("fetch", ClientRequest::Fetch { uuid: UUID }),
     ]
 }
 
@@ -270,6 +295,26 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
         started: Timestamp(5),
     };
     vec![
+        (
+            "notice",
+            ServerToClient::Notice {
+                message: "worker lost; requeued (attempt 2)".into(),
+            },
+        ),
+        (
+            "record-start",
+            ServerToClient::RecordStart {
+                uuid: UUID,
+                job: "hello".into(),
+                len: 3,
+            },
+        ),
+        (
+            "record-chunk",
+            ServerToClient::RecordChunk {
+                data: vec![0x30, 0x01, 0xff],
+            },
+        ),
         (
             "success",
             ServerToClient::Success {
@@ -337,6 +382,21 @@ fn server_to_client() -> Vec<(&'static str, ServerToClient)> {
                     },
                 },
             ]),
+        ),
+        (
+            "result-list",
+            ServerToClient::ResultList(vec![ResultEntry {
+                summary: ResultSummary {
+                    uuid: UUID,
+                    job: "hello".into(),
+                    platform: "linux".into(),
+                    started: Timestamp(1),
+                    finished: Timestamp(5),
+                    outcome: JobOutcome::Exited(0),
+                    upload: UploadState::NotConfigured,
+                },
+                attempts: 2,
+            }]),
         ),
         ("observe-start", ServerToClient::ObserveStart(header)),
         (

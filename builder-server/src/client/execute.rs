@@ -1,16 +1,68 @@
-//! `execute NAME [--platform P]`: to the front of the queue(s) now; the
-//! schedule is untouched.
+//! `execute NAME [--platform P] [--observe]`: to the front of the queue(s)
+//! now; the schedule is untouched. Each queued build has its UUID from the
+//! moment it is queued, so `--observe` follows exactly the build this
+//! request queued.
 
 use std::sync::Arc;
 
-use protocol::message::JobKind;
+use protocol::codec::Connection;
+use protocol::message::{JobKind, ServerToClient};
+use uuid::Uuid;
 
-use super::Reply;
+use super::{observe, Reply};
 use crate::db::DbError;
 use crate::state::Shared;
 
 /// Queues a job at the front of its queue(s).
 pub fn execute(shared: &Arc<Shared>, name: &str, platform: Option<&str>) -> Result<Reply, DbError> {
+    Ok(queue_front(shared, name, platform, false)?.map(|queued| Some(queued_text(&queued))))
+}
+
+/// Queues a job on one platform at the front and streams the build it
+/// queued, from its first line to its end.
+pub async fn execute_observe(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    name: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<()> {
+    let queued = queue_front(shared, name, platform, true).map_err(|e| shared.fatal(e))?;
+    match queued.as_deref() {
+        Ok([(_, uuid)]) => {
+            let uuid = *uuid;
+            let message = queued_text(queued.as_ref().expect("matched Ok"));
+            conn.send(&ServerToClient::Notice { message }).await?;
+            observe::observe(shared, conn, uuid).await
+        }
+        Ok(_) => unreachable!("queue_front queues one platform when asked to"),
+        Err(reason) => {
+            conn.send(&ServerToClient::Failure {
+                reason: reason.clone(),
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `queued on linux as 5c4b...; freebsd as ...`.
+fn queued_text(queued: &[(String, Uuid)]) -> String {
+    let each: Vec<String> = queued
+        .iter()
+        .map(|(platform, uuid)| format!("{platform} as {uuid}"))
+        .collect();
+    format!("queued on {}", each.join(", "))
+}
+
+/// Puts a job at the front of its queue(s); returns each platform with the
+/// UUID of the build queued there. With `one`, a job that would be queued
+/// on several platforms is refused before anything is queued.
+fn queue_front(
+    shared: &Arc<Shared>,
+    name: &str,
+    platform: Option<&str>,
+    one: bool,
+) -> Result<Result<Vec<(String, Uuid)>, String>, DbError> {
     let Some(entry) = shared.db.job(name)? else {
         return Ok(Err(format!("no job named {name}")));
     };
@@ -41,23 +93,31 @@ pub fn execute(shared: &Arc<Shared>, name: &str, platform: Option<&str>) -> Resu
             scripts
         }
     };
+    if one && scripts.len() > 1 {
+        let platforms: Vec<&str> = scripts.iter().map(|(p, _)| p.as_str()).collect();
+        return Ok(Err(format!(
+            "job {name} runs on {} platforms ({}); add --platform P to observe one",
+            platforms.len(),
+            platforms.join(", ")
+        )));
+    }
     let timeout = entry
         .timeout_secs
         .unwrap_or(shared.config.job_timeout.as_secs());
     let mut queued = Vec::new();
     let mut dropped = Vec::new();
     for (platform, script) in scripts {
-        if shared.db.is_dropped(&platform)? {
-            dropped.push(platform);
-            continue;
+        match shared.db.enqueue_front(&platform, name, &script, timeout)? {
+            Some(uuid) => {
+                shared.wake_platform(&platform);
+                queued.push((platform, uuid));
+            }
+            None => dropped.push(platform),
         }
-        shared.db.enqueue(&platform, name, &script, timeout, true)?;
-        shared.wake_platform(&platform);
-        queued.push(platform);
     }
     if queued.is_empty() {
         return Ok(Err(format!("platform {} is dropped", dropped.join(", "))));
     }
-    tracing::info!(job = name, platforms = ?queued, "job queued at the front");
-    Ok(Ok(Some(format!("queued on {}", queued.join(", ")))))
+    tracing::info!(job = name, queued = ?queued, "job queued at the front");
+    Ok(Ok(queued))
 }

@@ -2,6 +2,7 @@
 
 mod cancel;
 pub(crate) mod execute;
+mod fetch;
 pub(crate) mod info;
 pub(crate) mod observe;
 pub(crate) mod platform;
@@ -41,12 +42,20 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             }
         };
         tracing::debug!(peer = conn.peer(), ?request, "client request");
+        // Warnings about the request, sent before its answer.
+        let mut notices = Vec::new();
         let answer = match request {
             ClientRequest::Schedule {
                 job,
                 trigger,
                 timeout_secs,
-            } => reply(schedule::schedule(shared, job, trigger, timeout_secs)),
+            } => reply(schedule::schedule(
+                shared,
+                job,
+                trigger,
+                timeout_secs,
+                &mut notices,
+            )),
             ClientRequest::Unschedule { name } => reply(schedule::unschedule(shared, &name)),
             ClientRequest::Reschedule {
                 name,
@@ -56,7 +65,9 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             ClientRequest::Execute { name, platform } => {
                 reply(execute::execute(shared, &name, platform.as_deref()))
             }
-            ClientRequest::DropPlatform { platform } => reply(platform::drop(shared, &platform)),
+            ClientRequest::DropPlatform { platform } => {
+                reply(platform::drop(shared, &platform, &mut notices))
+            }
             ClientRequest::UndropPlatform { platform } => {
                 reply(platform::undrop(shared, &platform))
             }
@@ -71,7 +82,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             }
             ClientRequest::Show { name } => info::show(shared, &name),
             ClientRequest::Results { job, limit } => {
-                results::results(shared, job.as_deref(), limit).map(ServerToClient::Results)
+                results::results(shared, job.as_deref(), limit).map(ServerToClient::ResultList)
             }
             ClientRequest::Observe { uuid } => {
                 observe::observe(shared, conn, uuid).await?;
@@ -79,6 +90,35 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             }
             ClientRequest::ObserveLatest { platform, job } => {
                 observe::observe_latest(shared, conn, platform.as_deref(), job.as_deref()).await?;
+                continue;
+            }
+            ClientRequest::Update {
+                name,
+                script,
+                platform,
+                trigger,
+                timeout_secs,
+            } => reply(schedule::update(
+                shared,
+                &name,
+                schedule::Changes {
+                    script,
+                    platform,
+                    trigger,
+                    timeout_secs,
+                },
+                &mut notices,
+            )),
+            ClientRequest::ExecuteObserve { name, platform } => {
+                execute::execute_observe(shared, conn, &name, platform.as_deref()).await?;
+                continue;
+            }
+            ClientRequest::ObserveNext { platform, job } => {
+                observe::observe_next(shared, conn, platform.as_deref(), job.as_deref()).await?;
+                continue;
+            }
+            ClientRequest::Fetch { uuid } => {
+                fetch::fetch(shared, conn, uuid).await?;
                 continue;
             }
         };
@@ -93,6 +133,9 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 return Err(e.into());
             }
         };
+        for notice in &notices {
+            conn.send(notice).await?;
+        }
         conn.send(&answer).await?;
     }
 }

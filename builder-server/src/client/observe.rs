@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use protocol::codec::Connection;
@@ -14,7 +15,7 @@ use protocol::record;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::live::{LiveBuild, LiveEvent, Subscription};
+use crate::live::{LiveBuild, LiveEvent, Requeue, Subscription};
 use crate::state::Shared;
 
 /// Where an observer's messages go: this project's client connection, or
@@ -39,42 +40,93 @@ impl ObserveSink for Connection {
 /// Lines per console message when replaying.
 const BATCH: u64 = 1024;
 
-/// Streams one build to the client.
+/// How often an observer waiting for a queued build checks that it is still
+/// queued (it may be unscheduled or dropped meanwhile); starts wake it
+/// sooner.
+const QUEUED_RECHECK: Duration = Duration::from_secs(2);
+
+/// Streams one build to the client: waits while it is queued, follows it
+/// while it runs (through requeues: a build keeps its UUID), replays it
+/// once stored.
 pub async fn observe(
     shared: &Arc<Shared>,
     conn: &mut impl ObserveSink,
     uuid: Uuid,
 ) -> anyhow::Result<()> {
-    if let Some(live) = shared.live.get(uuid) {
-        return follow(shared, conn, &live).await;
-    }
-    if let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
-        return replay(conn, uuid, path, 0, true).await;
-    }
-    match shared.db.result(uuid).map_err(|e| shared.fatal(e))? {
-        // Indexed without a record (it could not be stored): no console,
-        // the end says why.
-        Some(r) => {
-            conn.send(&ServerToClient::ObserveStart(BuildHeader {
-                uuid,
-                job: r.job,
-                platform: r.platform,
-                started: r.started,
-            }))
-            .await?;
+    // Subscribed before looking, so a start in between is not missed.
+    let mut starts = shared.live.subscribe_starts();
+    let mut header_sent = false;
+    // The attempt followed last: once requeued it may linger in the map for
+    // a moment, and is not followed twice.
+    let mut last: Option<Arc<LiveBuild>> = None;
+    loop {
+        let live = shared
+            .live
+            .get(uuid)
+            .filter(|l| !last.as_ref().is_some_and(|old| Arc::ptr_eq(old, l)));
+        if let Some(live) = live {
+            match follow(shared, conn, &live, header_sent).await? {
+                Followed::Over => return Ok(()),
+                Followed::Requeued(requeue) => {
+                    header_sent = true;
+                    conn.send(&ServerToClient::Notice {
+                        message: format!(
+                            "worker lost ({}); requeued (attempt {})",
+                            requeue.reason, requeue.attempt
+                        ),
+                    })
+                    .await?;
+                    last = Some(live);
+                    continue;
+                }
+            }
+        }
+        if let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
+            return replay(conn, uuid, path, 0, !header_sent).await;
+        }
+        if let Some(r) = shared.db.result(uuid).map_err(|e| shared.fatal(e))? {
+            // Indexed without a record (it could not be stored): no
+            // console, the end says why.
+            if !header_sent {
+                conn.send(&ServerToClient::ObserveStart(BuildHeader {
+                    uuid,
+                    job: r.job,
+                    platform: r.platform,
+                    started: r.started,
+                }))
+                .await?;
+            }
             conn.send(&ServerToClient::ObserveEnd {
                 finished: r.finished,
                 outcome: r.outcome,
             })
             .await?;
-            Ok(())
+            return Ok(());
         }
-        None => {
+        if !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? && last.is_none() {
             conn.send(&ServerToClient::Failure {
                 reason: format!("no build {uuid}"),
             })
             .await?;
-            Ok(())
+            return Ok(());
+        }
+        if last.is_some() && !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? {
+            // Requeued, then neither queued, running nor stored: it was
+            // unscheduled or its platform dropped.
+            conn.send(&ServerToClient::Failure {
+                reason: format!("build {uuid} was requeued and then removed from its queue"),
+            })
+            .await?;
+            return Ok(());
+        }
+        tokio::select! {
+            started = starts.recv() => match started {
+                Ok(h) if h.uuid != uuid => continue,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            _ = tokio::time::sleep(QUEUED_RECHECK) => {}
+            _ = shared.shutdown.cancelled() => return Ok(()),
         }
     }
 }
@@ -99,7 +151,10 @@ pub async fn observe_latest(
         Some(uuid) => observe(shared, conn, uuid).await,
         None => {
             conn.send(&ServerToClient::Failure {
-                reason: "no build matches".into(),
+                reason: format!(
+                    "no build matches{} (add --wait to wait for the next one)",
+                    filter_text(platform, job)
+                ),
             })
             .await?;
             Ok(())
@@ -107,17 +162,79 @@ pub async fn observe_latest(
     }
 }
 
+/// Waits for the next build matching the filters to start, then streams
+/// it from its first line.
+pub async fn observe_next(
+    shared: &Arc<Shared>,
+    conn: &mut Connection,
+    platform: Option<&str>,
+    job: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut starts = shared.live.subscribe_starts();
+    tracing::info!(
+        peer = conn.peer(),
+        platform,
+        job,
+        "observer waiting for the next build"
+    );
+    loop {
+        let started = tokio::select! {
+            started = starts.recv() => started,
+            _ = shared.shutdown.cancelled() => return Ok(()),
+        };
+        match started {
+            Ok(h) if platform.is_none_or(|p| h.platform == p) && job.is_none_or(|j| h.job == j) => {
+                return observe(shared, conn, h.uuid).await;
+            }
+            Ok(_) => {}
+            // Many builds started at once: one of them may have matched.
+            Err(RecvError::Lagged(_)) => {
+                if let Some((uuid, _)) = shared.live.latest(platform, job) {
+                    return observe(shared, conn, uuid).await;
+                }
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// ` --job NAME --platform P`, as the user would have typed the filters.
+fn filter_text(platform: Option<&str>, job: Option<&str>) -> String {
+    let mut text = String::new();
+    if let Some(job) = job {
+        text.push_str(&format!(" --job {job}"));
+    }
+    if let Some(platform) = platform {
+        text.push_str(&format!(" --platform {platform}"));
+    }
+    text
+}
+
+/// How following one attempt of a build ended.
+enum Followed {
+    /// The stream is over (the end was sent, or the server stops).
+    Over,
+    /// The attempt lost its worker; the build is queued again.
+    Requeued(Requeue),
+}
+
 async fn follow(
     shared: &Arc<Shared>,
     conn: &mut impl ObserveSink,
     live: &LiveBuild,
-) -> anyhow::Result<()> {
+    header_sent: bool,
+) -> anyhow::Result<Followed> {
     let mut sub = live.subscribe();
+    if let Some(requeue) = sub.requeued.take() {
+        return Ok(Followed::Requeued(requeue));
+    }
     let mut next = 0u64;
-    let mut started = false;
+    let mut started = header_sent;
     if !sub.taken {
-        conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
-            .await?;
+        if !header_sent {
+            conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
+                .await?;
+        }
         started = true;
         while next < sub.backlog {
             let lines = live.lines(next, (next + BATCH).min(sub.backlog));
@@ -135,12 +252,12 @@ async fn follow(
     if let Some((finished, outcome)) = sub.end {
         conn.send(&ServerToClient::ObserveEnd { finished, outcome })
             .await?;
-        return Ok(());
+        return Ok(Followed::Over);
     }
     loop {
         let event = tokio::select! {
             event = sub.events.recv() => event,
-            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
         };
         match event {
             Ok(LiveEvent::Lines { first, lines }) => {
@@ -149,6 +266,7 @@ async fn follow(
                     continue;
                 }
                 if first > next {
+                    shared.metrics.lines_dropped(first - next);
                     conn.send(&ServerToClient::Dropped {
                         lines: first - next,
                     })
@@ -162,6 +280,7 @@ async fn follow(
             Ok(LiveEvent::End { finished, outcome }) => {
                 let total = live.line_count();
                 if total > next {
+                    shared.metrics.lines_dropped(total - next);
                     conn.send(&ServerToClient::Dropped {
                         lines: total - next,
                     })
@@ -169,8 +288,9 @@ async fn follow(
                 }
                 conn.send(&ServerToClient::ObserveEnd { finished, outcome })
                     .await?;
-                return Ok(());
+                return Ok(Followed::Over);
             }
+            Ok(LiveEvent::Requeued(requeue)) => return Ok(Followed::Requeued(requeue)),
             // Skipped batches show up as a gap in the next one's index.
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => anyhow::bail!("build {} vanished", sub.header.uuid),
@@ -187,26 +307,29 @@ async fn from_record(
     sub: &mut Subscription,
     from: u64,
     started: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Followed> {
     let uuid = sub.header.uuid;
     let (finished, outcome) = match sub.end.clone() {
         Some(end) => end,
         None => loop {
             let event = tokio::select! {
                 event = sub.events.recv() => event,
-                _ = shared.shutdown.cancelled() => return Ok(()),
+                _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
             };
             match event {
                 Ok(LiveEvent::End { finished, outcome }) => break (finished, outcome),
+                // The record could not be stored; the build was requeued.
+                Ok(LiveEvent::Requeued(requeue)) => return Ok(Followed::Requeued(requeue)),
                 Ok(LiveEvent::Lines { .. }) | Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => anyhow::bail!("build {uuid} vanished"),
             }
         },
     };
     match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
-        Some(path) => replay(conn, uuid, path, from, !started).await,
-        // No record (the disk refused it, or the worker was lost and the
-        // build requeued): the end says so.
+        Some(path) => replay(conn, uuid, path, from, !started)
+            .await
+            .map(|()| Followed::Over),
+        // No record (the disk refused it): the end says why.
         None => {
             if !started {
                 conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
@@ -214,7 +337,7 @@ async fn from_record(
             }
             conn.send(&ServerToClient::ObserveEnd { finished, outcome })
                 .await?;
-            Ok(())
+            Ok(Followed::Over)
         }
     }
 }

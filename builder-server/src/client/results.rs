@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use protocol::message::ResultSummary;
+use protocol::message::ResultEntry;
 
 use crate::db::DbError;
 use crate::state::Shared;
@@ -15,6 +15,6 @@ pub fn results(
     shared: &Arc<Shared>,
     job: Option<&str>,
     limit: u32,
-) -> Result<Vec<ResultSummary>, DbError> {
+) -> Result<Vec<ResultEntry>, DbError> {
     shared.db.results(job, limit.min(MAX_LIMIT))
 }

@@ -1,12 +1,16 @@
-//! `schedule`, `orb-build`, `unschedule`, `reschedule`.
+//! `schedule`, `orb-build`, `unschedule`, `reschedule`, `update`.
+//!
+//! Each answers with one line saying what it did. A script job on a
+//! platform no worker ever asked for and no template names is scheduled
+//! all the same, with a warning: the name may be a typo.
 
 use std::sync::Arc;
 
-use protocol::message::{JobKind, JobSpec, ScheduleEntry, Timestamp};
+use protocol::message::{JobKind, JobSpec, ScheduleEntry, ServerToClient, Timestamp};
 use protocol::trigger::Trigger;
 
 use super::{check_job_name, check_platform, Reply};
-use crate::db::DbError;
+use crate::db::{DbError, JobUpdate};
 use crate::scheduler;
 use crate::state::Shared;
 
@@ -16,9 +20,13 @@ pub fn schedule(
     job: JobSpec,
     trigger: Trigger,
     timeout_secs: Option<u64>,
+    notices: &mut Vec<ServerToClient>,
 ) -> Result<Reply, DbError> {
     if let Err(reason) = check(shared, &job, &trigger, timeout_secs)? {
         return Ok(Err(reason));
+    }
+    if let JobKind::Script { platform, .. } = &job.kind {
+        warn_unknown_platform(shared, platform, notices)?;
     }
     let now = Timestamp::now();
     let entry = ScheduleEntry {
@@ -29,31 +37,61 @@ pub fn schedule(
     };
     if !shared.db.insert_job(&entry)? {
         return Ok(Err(format!(
-            "a job named {} already exists (unschedule it first, or use reschedule)",
+            "a job named {0} already exists (change it with `update {0}`, or unschedule it first)",
             job.name
         )));
     }
     scheduler::queue_due(shared, now)?;
     shared.schedule_changed.notify_one();
-    tracing::info!(job = %job.name, trigger = %entry.trigger, "job scheduled");
+    tracing::info!(job = ?job.name, trigger = ?entry.trigger.to_string(), "job scheduled");
     let detail = match &job.kind {
         JobKind::Orb { opam_package } => {
             let platforms: Vec<String> = scheduler::scripts(shared, &job)
                 .into_iter()
                 .map(|(p, _)| p)
                 .collect();
-            Some(if platforms.is_empty() {
+            if platforms.is_empty() {
                 format!(
-                    "no orb-build templates in {}: {opam_package} is not queued anywhere until one is added",
+                    "scheduled {} ({}); no orb-build templates in {}: {opam_package} is not queued anywhere until one is added",
+                    job.name,
+                    entry.trigger,
                     shared.templates.dir().display()
                 )
             } else {
-                format!("queued on {}", platforms.join(", "))
-            })
+                format!(
+                    "scheduled {} ({}); queued now on {}",
+                    job.name,
+                    entry.trigger,
+                    platforms.join(", ")
+                )
+            }
         }
-        JobKind::Script { .. } => None,
+        JobKind::Script { platform, .. } => {
+            format!(
+                "scheduled {} on {platform} ({}); queued now",
+                job.name, entry.trigger
+            )
+        }
     };
-    Ok(Ok(detail))
+    Ok(Ok(Some(detail)))
+}
+
+/// Warns when no worker ever asked for `platform` and it has no orb-build
+/// template: most likely a typo, and the job would wait forever.
+fn warn_unknown_platform(
+    shared: &Shared,
+    platform: &str,
+    notices: &mut Vec<ServerToClient>,
+) -> Result<(), DbError> {
+    if shared.db.platform_known(platform)? || shared.templates.render(platform, "").is_some() {
+        return Ok(());
+    }
+    notices.push(ServerToClient::Notice {
+        message: format!(
+            "warning: no worker has ever asked for platform {platform} and it has no orb-build template: check the name (the job waits until such a worker connects)"
+        ),
+    });
+    Ok(())
 }
 
 fn check(
@@ -118,10 +156,138 @@ pub fn reschedule(
     if let Some(Err(e)) = trigger.as_ref().map(Trigger::validate) {
         return Ok(Err(e.to_string()));
     }
+    if shared.db.job(name)?.is_none() {
+        return Ok(Err(format!("no job named {name}")));
+    }
+    // Queueing nothing now is the point of reschedule; a past NEXT would
+    // queue the job at once.
+    if next < Timestamp::now() {
+        return Ok(Err(format!(
+            "NEXT ({next}) is in the past; use `execute {name}` to run it now"
+        )));
+    }
     if !shared.db.reschedule(name, next, trigger.as_ref())? {
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
     tracing::info!(job = name, next = %next, "job rescheduled");
-    Ok(Ok(None))
+    Ok(Ok(Some(format!("rescheduled {name}: next run {next}"))))
+}
+
+/// What `update` may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// A new script.
+    pub script: Option<String>,
+    /// A new platform.
+    pub platform: Option<String>,
+    /// A new trigger.
+    pub trigger: Option<Trigger>,
+    /// A new timeout.
+    pub timeout_secs: Option<u64>,
+}
+
+/// Changes a job in place: it keeps its name and its history (results are
+/// by name), and its next run unless the trigger changes (a new trigger's
+/// phase starts now).
+pub fn update(
+    shared: &Arc<Shared>,
+    name: &str,
+    changes: Changes,
+    notices: &mut Vec<ServerToClient>,
+) -> Result<Reply, DbError> {
+    let Some(mut entry) = shared.db.job(name)? else {
+        return Ok(Err(format!("no job named {name}")));
+    };
+    let Changes {
+        script,
+        platform,
+        trigger,
+        timeout_secs,
+    } = changes;
+    if script.is_none() && platform.is_none() && trigger.is_none() && timeout_secs.is_none() {
+        return Ok(Err(
+            "nothing to update: give --script, --period or --cron, --timeout, or --platform".into(),
+        ));
+    }
+    let mut changed = Vec::new();
+    match &mut entry.job.kind {
+        JobKind::Script {
+            platform: old_platform,
+            script: old_script,
+        } => {
+            if let Some(new) = script {
+                *old_script = new;
+                changed.push("script".to_owned());
+            }
+            if let Some(new) = platform {
+                if let Err(reason) = check_platform(&new) {
+                    return Ok(Err(reason));
+                }
+                if shared.db.is_dropped(&new)? {
+                    return Ok(Err(format!(
+                        "platform {new} is dropped (undrop-platform {new} first)"
+                    )));
+                }
+                warn_unknown_platform(shared, &new, notices)?;
+                changed.push(format!("platform {new}"));
+                *old_platform = new;
+            }
+        }
+        JobKind::Orb { .. } => {
+            if script.is_some() || platform.is_some() {
+                return Ok(Err(format!(
+                    "job {name} is an orb-build job: its scripts and platforms come from the templates; only --period, --cron and --timeout apply"
+                )));
+            }
+        }
+    }
+    if let Some(secs) = timeout_secs {
+        if secs == 0 {
+            return Ok(Err("the timeout must be at least one second".into()));
+        }
+        entry.timeout_secs = Some(secs);
+        changed.push(format!("timeout {secs}s"));
+    }
+    let mut new_phase = false;
+    if let Some(trigger) = trigger {
+        if let Err(e) = trigger.validate() {
+            return Ok(Err(e.to_string()));
+        }
+        if trigger != entry.trigger {
+            let now = Timestamp::now();
+            entry.next_run = scheduler::next_run(&trigger, now, now);
+            entry.trigger = trigger;
+            new_phase = true;
+            changed.push(format!("trigger {}", entry.trigger));
+        }
+    }
+    let update = JobUpdate {
+        entry: &entry,
+        new_phase,
+        timeout_secs: entry
+            .timeout_secs
+            .unwrap_or(shared.config.job_timeout.as_secs()),
+    };
+    if !shared.db.update_job(&update)? {
+        return Ok(Err(format!("no job named {name}")));
+    }
+    if new_phase {
+        shared.schedule_changed.notify_one();
+    }
+    if let JobKind::Script { platform, .. } = &entry.job.kind {
+        shared.wake_platform(platform);
+    }
+    tracing::info!(job = name, changed = ?changed, "job updated");
+    let next = match (new_phase, shared.db.job(name)?.and_then(|e| e.next_run)) {
+        (_, None) => "no next run".to_owned(),
+        (true, Some(t)) => format!("next run {t}"),
+        (false, Some(t)) => format!("next run unchanged ({t})"),
+    };
+    let what = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        changed.join(", ")
+    };
+    Ok(Ok(Some(format!("updated {name}: {what}; {next}"))))
 }

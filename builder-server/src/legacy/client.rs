@@ -27,16 +27,14 @@ use crate::client::{execute, persist_failure, platform, schedule, Reply};
 use crate::db::DbError;
 use crate::state::Shared;
 
-/// How long a reference client has to send its command after the hello
-/// (the reference's client sends it at once).
-const COMMAND_TIMEOUT: std::time::Duration = crate::HELLO_TIMEOUT;
-
-/// Serves one reference client command.
+/// Serves one reference client command, which must come within the hello
+/// timeout (the reference's client sends it at once).
 pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
+    let wait = shared.config.hello_timeout;
     let command = tokio::select! {
-        command = tokio::time::timeout(COMMAND_TIMEOUT, recv(conn)) => match command {
+        command = tokio::time::timeout(wait, recv(conn)) => match command {
             Ok(command) => command,
-            Err(_) => anyhow::bail!("no command within {COMMAND_TIMEOUT:?} of the hello"),
+            Err(_) => anyhow::bail!("no command within {wait:?} of the hello"),
         },
         _ = shared.shutdown.cancelled() => return Ok(()),
     };
@@ -54,9 +52,16 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         command = command.name(),
         "reference client request"
     );
+    // Warnings for the operator (a platform nobody asked for...): an old
+    // client has no way to show them, so they go to the log.
+    let mut notices = Vec::new();
     let answer = match command {
-        Command::Schedule { period, job } => schedule_job(shared, &Job::Script(job), period),
-        Command::ScheduleOrbBuild { period, job } => schedule_job(shared, &Job::Orb(job), period),
+        Command::Schedule { period, job } => {
+            schedule_job(shared, &Job::Script(job), period, &mut notices)
+        }
+        Command::ScheduleOrbBuild { period, job } => {
+            schedule_job(shared, &Job::Orb(job), period, &mut notices)
+        }
         Command::Unschedule { name } => match text(&name, "job name") {
             Ok(name) => schedule::unschedule(shared, &name),
             Err(reason) => Ok(Err(reason)),
@@ -78,7 +83,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             }
         }
         Command::DropPlatform { platform } => match text(&platform, "platform") {
-            Ok(p) => platform::drop(shared, &p),
+            Ok(p) => platform::drop(shared, &p, &mut notices),
             Err(reason) => Ok(Err(reason)),
         },
         Command::UndropPlatform { platform } => match text(&platform, "platform") {
@@ -118,6 +123,11 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             Ok(Err("bad communication".to_owned()))
         }
     };
+    for notice in notices {
+        if let ServerToClient::Notice { message } = notice {
+            tracing::warn!(peer = conn.peer(), ?message, "for a reference client");
+        }
+    }
     let reply = match answer {
         Ok(Ok(_)) => Command::Success,
         Ok(Err(reason)) => failure(reason),
@@ -147,9 +157,14 @@ fn text(bytes: &[u8], what: &str) -> Result<String, String> {
 }
 
 /// `schedule` and `schedule_orb_build`: this server's `schedule`.
-fn schedule_job(shared: &Arc<Shared>, job: &Job, period: Period) -> Result<Reply, DbError> {
+fn schedule_job(
+    shared: &Arc<Shared>,
+    job: &Job,
+    period: Period,
+    notices: &mut Vec<ServerToClient>,
+) -> Result<Reply, DbError> {
     match JobSpec::try_from(job) {
-        Ok(spec) => schedule::schedule(shared, spec, period.to_trigger(), None),
+        Ok(spec) => schedule::schedule(shared, spec, period.to_trigger(), None, notices),
         Err(e) => Ok(Err(e.to_string())),
     }
 }

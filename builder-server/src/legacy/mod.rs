@@ -28,10 +28,20 @@ use protocol::codec::Connection;
 use protocol::legacy::{Command, PeerKind, CLIENT_VERSION, WORKER_VERSION};
 use protocol::Chain;
 
+use crate::admission::{Admission, Unauthenticated};
 use crate::state::Shared;
 
 /// Serves a connection whose first frame, `first`, is a reference command.
-pub async fn serve(shared: &Arc<Shared>, mut conn: Connection, first: &[u8]) {
+/// `slot` is the connection's place in the unauthenticated budget; it moves
+/// to the authenticated one once the peer is admitted, as a new peer's does
+/// after its hello.
+pub async fn serve(
+    shared: &Arc<Shared>,
+    mut conn: Connection,
+    first: &[u8],
+    admission: &Admission,
+    slot: Unauthenticated,
+) {
     let peer = conn.peer().to_owned();
     let (kind, version) = match Command::decode(first) {
         Ok(Command::ClientHello { kind, version }) => (kind, version),
@@ -64,6 +74,22 @@ pub async fn serve(shared: &Arc<Shared>, mut conn: Connection, first: &[u8]) {
         )
         .await;
         return;
+    }
+    let _slot = match admission.authenticate(slot) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            tracing::warn!(%peer, role, reason = %busy, "refusing reference peer");
+            let message = busy.to_string().into_bytes();
+            let _ = send(&mut conn, &Command::Failure { message }).await;
+            return;
+        }
+    };
+    // Past the hello: the server's frame limit (a reference worker sends
+    // its artifacts inline in job_finished, within it), and for clients the
+    // read timeout of a started frame.
+    conn.set_max_frame(shared.config.max_frame);
+    if kind == PeerKind::Client {
+        conn.set_frame_timeout(Some(shared.config.frame_timeout));
     }
     if let Err(e) = send(&mut conn, &Command::ServerHello).await {
         tracing::debug!(%peer, error = %format!("{e:#}"), "reference peer left during hello");

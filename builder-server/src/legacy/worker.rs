@@ -38,10 +38,11 @@ const HOST: &str = "OCaml builder-worker";
 
 /// Serves one reference worker connection: one job.
 pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
+    let wait = shared.config.hello_timeout;
     let request = tokio::select! {
-        request = tokio::time::timeout(crate::HELLO_TIMEOUT, recv(conn)) => match request {
+        request = tokio::time::timeout(wait, recv(conn)) => match request {
             Ok(request) => request?,
-            Err(_) => anyhow::bail!("no job_requested within {:?} of the hello", crate::HELLO_TIMEOUT),
+            Err(_) => anyhow::bail!("no job_requested within {wait:?} of the hello"),
         },
         _ = shared.shutdown.cancelled() => return Ok(()),
     };
@@ -187,7 +188,7 @@ async fn run_build(
     let (result, data) = match end {
         Ok(end) => end,
         Err(Interrupted::Shutdown) => {
-            shared.live.remove(uuid);
+            shared.live.remove(uuid, &live);
             return Ok(());
         }
         Err(Interrupted::Lost(reason)) => return build_lost(shared, running, &live, &reason).await,

@@ -188,10 +188,14 @@ impl Server {
             .unwrap();
         rt.block_on(async {
             let hello = Hello::client(None, "test");
-            let (mut conn, _) =
-                handshake::connect(&self.addr, &hello, max_frame, handshake::HANDSHAKE_TIMEOUT)
-                    .await
-                    .unwrap();
+            let (mut conn, _) = handshake::connect(
+                &self.addr,
+                &hello,
+                max_frame,
+                handshake::Timeouts::default(),
+            )
+            .await
+            .unwrap();
             conn.send(&ClientRequest::Info).await.unwrap();
             let mut info = InfoSummary::default();
             let (mut parts, mut received) = (0, 0);
@@ -251,7 +255,7 @@ pub async fn client_conn(addr: &str) -> Connection {
         addr,
         &hello,
         DEFAULT_MAX_FRAME,
-        handshake::HANDSHAKE_TIMEOUT,
+        handshake::Timeouts::default(),
     )
     .await
     .unwrap()
