@@ -381,7 +381,12 @@ async fn handle_connection(
     if let Err(e) = result {
         tracing::warn!(%peer, error = ?format!("{e:#}"), "connection ended with an error");
     }
+    conn.linger_close(LINGER).await;
 }
+
+/// How long a connection that the server ends may take to close after it:
+/// the peer reads the server's last word (a failure's reason) meanwhile.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// A connection's first frame.
 enum First {

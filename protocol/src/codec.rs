@@ -301,6 +301,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn get_mut(&mut self) -> &mut S {
         self.framed.get_mut()
     }
+
+    /// Ends the connection without losing what was sent last: shuts the
+    /// write side, then reads and drops whatever the peer still sends until
+    /// it closes or `within` passes. Closing a socket that has unread input
+    /// sends a reset, and a reset can destroy the last frame (the failure
+    /// that says why) before the peer has read it.
+    pub async fn linger_close(&mut self, within: Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stream = self.framed.get_mut();
+        let drain = async {
+            if stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drain).await;
+    }
 }
 
 #[cfg(test)]

@@ -100,8 +100,9 @@ pub async fn serve(
         PeerKind::Worker => worker::serve(shared, &mut conn).await,
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, role, error = %format!("{e:#}"), "reference connection ended with an error");
+        tracing::warn!(%peer, role, error = ?format!("{e:#}"), "reference connection ended with an error");
     }
+    conn.linger_close(crate::LINGER).await;
 }
 
 /// A reference peer cannot send a token: it is admitted when the server
