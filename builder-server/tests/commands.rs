@@ -57,6 +57,16 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
             .then_some(())
     });
     let executed = spawn_client(&server, &["execute", "obs", "--observe"]);
+    // The one-shot worker starts once execute has moved the queued run to
+    // the front (so that it is the build observed): started earlier, it
+    // could take that run, and execute would queue and wait for another.
+    wait_for("execute to queue the run", || {
+        server
+            .proc
+            .log()
+            .contains("job queued at the front")
+            .then_some(())
+    });
     let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
 
     let executed = executed.wait_with_output().unwrap();
