@@ -243,7 +243,7 @@ pub async fn run(
                             });
                         }
                         Err(busy) => {
-                            tracing::warn!(%peer, reason = %busy, "refusing connection");
+                            tracing::warn!(%peer, reason = ?busy.to_string(), "refusing connection");
                             connections.spawn(async move { refuse_busy(stream, busy).await });
                         }
                     }
@@ -350,7 +350,7 @@ async fn handle_connection(
     let _slot = match admission.authenticate(slot) {
         Ok(slot) => slot,
         Err(busy) => {
-            tracing::warn!(%peer, reason = %busy, "refusing connection");
+            tracing::warn!(%peer, reason = ?busy.to_string(), "refusing connection");
             let reason = busy.to_string();
             let _ = conn.send(&HelloReply::Refused { reason }).await;
             return;

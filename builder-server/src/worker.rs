@@ -307,7 +307,7 @@ impl Session<'_> {
                             "build {uuid} is past its timeout of {} s plus {grace:?} (--timeout-grace)",
                             job.timeout_secs
                         );
-                        tracing::warn!(job = %job.job, %uuid, worker = %self.name, timeout_secs = job.timeout_secs, ?grace, "build past its timeout; dropping the worker");
+                        tracing::warn!(job = ?job.job, %uuid, worker = ?self.name, timeout_secs = job.timeout_secs, ?grace, "build past its timeout; dropping the worker");
                         self.send_failure(&reason).await;
                         break Err(Interrupted::Abort("timeout".into()));
                     }
@@ -343,7 +343,7 @@ impl Session<'_> {
             Err(Interrupted::Storage(reason)) => {
                 // Not the worker's fault, and running it again would fail
                 // the same way: the build ends here, without its artifacts.
-                tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
+                tracing::error!(job = ?running.job.job, %uuid, ?reason, "cannot store the build; recorded as aborted");
                 spool.discard();
                 self.abort(running, &live, started, reason).await?;
                 return Ok(false);
@@ -419,7 +419,7 @@ impl Session<'_> {
         started: Timestamp,
         message: String,
     ) -> anyhow::Result<()> {
-        tracing::warn!(job = %running.job.job, uuid = %running.uuid, worker = %self.name, %message, "build aborted by the server");
+        tracing::warn!(job = ?running.job.job, uuid = %running.uuid, worker = ?self.name, ?message, "build aborted by the server");
         let finished = bounds::clamp(Timestamp::now(), started, Timestamp::now());
         let outcome = JobOutcome::Aborted(message);
         end_build(
@@ -712,13 +712,13 @@ pub(crate) async fn store_result(
                 }
                 let reason =
                     e.abort_reason(&format!("cannot store the build ({})", result.outcome));
-                tracing::error!(job = %result.job, uuid = %result.uuid, %reason, "build recorded as aborted");
+                tracing::error!(job = ?result.job, uuid = %result.uuid, ?reason, "build recorded as aborted");
                 result.outcome = JobOutcome::Aborted(reason);
                 head.result = ExecResult::from(&result.outcome);
                 match store::write_full(&blocking.job_dirs, &build_dir, &head, &[], None) {
                     Ok(path) => Some(path),
                     Err(e) => {
-                        tracing::error!(job = %result.job, uuid = %result.uuid, error = %e.abort_reason("cannot store the aborted build"), "build indexed without a record");
+                        tracing::error!(job = ?result.job, uuid = %result.uuid, error = ?e.abort_reason("cannot store the aborted build"), "build indexed without a record");
                         store::remove_incomplete(&build_dir);
                         None
                     }
@@ -758,7 +758,7 @@ fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
 /// The full disk refused to index a finished build: it stays marked running
 /// (the next start finds it) and is indexed as soon as there is room.
 fn index_later(shared: &Arc<Shared>, result: NewResult) {
-    tracing::warn!(job = %result.job, uuid = %result.uuid, "disk full: the build is indexed when space returns");
+    tracing::warn!(job = ?result.job, uuid = %result.uuid, "disk full: the build is indexed when space returns");
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let result = Arc::new(result);
@@ -770,7 +770,7 @@ fn index_later(shared: &Arc<Shared>, result: NewResult) {
             let (blocking, r) = (Arc::clone(&shared), Arc::clone(&result));
             match tokio::task::spawn_blocking(move || index(&blocking, &r)).await {
                 Ok(Ok(())) => {
-                    tracing::info!(job = %result.job, uuid = %result.uuid, "build indexed now that there is room");
+                    tracing::info!(job = ?result.job, uuid = %result.uuid, "build indexed now that there is room");
                     return;
                 }
                 Ok(Err(e)) if e.is_disk_full() => continue,
@@ -806,7 +806,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
         let fate = match shared.db.worker_lost(r.uuid) {
             Ok(fate) => fate,
             Err(e) if e.is_disk_full() => {
-                tracing::error!(job = %r.job.job, uuid = %r.uuid, error = %e, "disk full: build left for the next start");
+                tracing::error!(job = ?r.job.job, uuid = %r.uuid, error = ?e.to_string(), "disk full: build left for the next start");
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -856,7 +856,7 @@ async fn index_stored(
             tracing::error!(path = ?path.display(), error = ?format!("{e:#}"), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
             if let Err(e) = std::fs::rename(build_dir, &aside) {
-                tracing::error!(dir = %build_dir.display(), error = %e, "cannot move the unreadable record aside");
+                tracing::error!(dir = ?build_dir, error = ?e.to_string(), "cannot move the unreadable record aside");
             }
             return Ok(false);
         }

@@ -219,6 +219,64 @@ fn a_job_whose_worker_dies_is_requeued_and_run_by_another_worker() {
 }
 
 #[test]
+fn a_requeued_build_keeps_its_uuid_and_its_observer() {
+    let (tmp, server) = setup();
+    let (script, pidfile) = twice_script(tmp.path());
+    server.client_ok(&[
+        "schedule",
+        "twice",
+        "linux",
+        script.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let mut first = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    wait_for("the job to start", || {
+        std::fs::read_to_string(&pidfile)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    });
+    let uuid = server.info().running[0].uuid;
+    let observer = std::process::Command::new(bin("builder-client"))
+        .args(["-r", &server.addr, "observe", &uuid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the observer to attach", || {
+        server
+            .proc
+            .log()
+            .contains("observer attached")
+            .then_some(())
+    });
+    // The worker's watchdog takes the job's process group along.
+    first.kill();
+    wait_for("the job to be requeued", || {
+        let info = server.info();
+        (info.running.is_empty() && info.queues.iter().any(|q| q.jobs == ["twice"])).then_some(())
+    });
+    let _second = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let exec = server.wait_records("twice", 1).remove(0);
+    assert_eq!(exec.uuid_typed(), uuid, "one UUID for the whole build");
+
+    let out = observer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("requeued (attempt 2)"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("second"),
+        "the observer follows the second attempt"
+    );
+    let results = server.client_ok(&["--json", "results", "--job", "twice"]);
+    let results = String::from_utf8_lossy(&results.stdout);
+    assert!(results.contains("\"attempts\":2"), "{results}");
+}
+
+#[test]
 fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");

@@ -32,6 +32,10 @@ use crate::message::{self, MessageError};
 /// Size of the length header.
 pub const HEADER_LEN: usize = 8;
 
+/// The most [`Connection::linger_close`] reads and drops before it closes
+/// anyway: what a peer may have in flight when it reads the last frame.
+pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 /// The default limit on a frame's payload: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
@@ -304,9 +308,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Ends the connection without losing what was sent last: shuts the
     /// write side, then reads and drops whatever the peer still sends until
-    /// it closes or `within` passes. Closing a socket that has unread input
-    /// sends a reset, and a reset can destroy the last frame (the failure
-    /// that says why) before the peer has read it.
+    /// it closes, `within` passes or [`LINGER_MAX_BYTES`] were dropped.
+    /// Closing a socket that has unread input sends a reset, and a reset can
+    /// destroy the last frame (the failure that says why) before the peer
+    /// has read it; a peer that stops on that frame sends no more than what
+    /// was already in flight.
     pub async fn linger_close(&mut self, within: Duration) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let stream = self.framed.get_mut();
@@ -315,8 +321,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return;
             }
             let mut buf = [0u8; 8192];
+            let mut dropped = 0;
             while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
+                dropped += n;
+                if n == 0 || dropped > LINGER_MAX_BYTES {
                     return;
                 }
             }

@@ -34,7 +34,7 @@ pub async fn fetch(shared: &Arc<Shared>, conn: &mut Connection, uuid: Uuid) -> a
         Ok(opened) => opened,
         Err(e) => {
             let reason = format!("cannot read the record of {uuid} ({}): {e}", path.display());
-            tracing::error!(%uuid, error = %reason);
+            tracing::error!(%uuid, error = ?reason);
             conn.send(&ServerToClient::Failure { reason }).await?;
             return Ok(());
         }

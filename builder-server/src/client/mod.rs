@@ -85,6 +85,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 results::results(shared, job.as_deref(), limit).map(ServerToClient::ResultList)
             }
             ClientRequest::Observe { uuid } => {
+                tracing::info!(peer = conn.peer(), %uuid, "observer attached");
                 observe::observe(shared, conn, uuid).await?;
                 continue;
             }
