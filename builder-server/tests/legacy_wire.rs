@@ -242,7 +242,7 @@ fn every_recorded_conversation_replays_against_the_server() {
         job: None,
         limit: 10,
     }) {
-        ServerToClient::Results(r) => r,
+        ServerToClient::ResultList(r) => r.into_iter().map(|e| e.summary).collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
     let outcome = |job: &str| {
