@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(decoded) = State::decode(data) {
         let encoded = decoded.state.encode();
         let again = State::decode(&encoded).expect("an encoded state decodes");
-        assert!(again.warnings.is_empty(), "the encoding has no legacy items");
+        assert!(
+            again.warnings.is_empty(),
+            "the encoding has no legacy items"
+        );
         assert_eq!(again.state, decoded.state, "decode(encode(x)) != x");
         assert_eq!(again.state.encode(), encoded, "encode is not a fixed point");
     }
