@@ -35,6 +35,9 @@ impl From<FrameError> for End {
             FrameError::TooLarge { len, .. } => End::TooLarge(len),
             FrameError::Truncated { have, need } => End::Truncated { have, need },
             FrameError::Io(_) => End::Io,
+            // Only a connection with a frame timeout says so; the codec has
+            // no clock.
+            FrameError::Stalled(_) => panic!("the codec reported a stalled frame"),
         }
     }
 }
