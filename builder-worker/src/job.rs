@@ -240,10 +240,13 @@ async fn run_in(
             .unwrap_or(0),
     );
     info!(uuid = %job.uuid, job = ?job.name, pid = pgid.as_raw(), "job started");
-    match Watchdog::start(pgid, dir) {
-        Ok(w) => *watchdog = Some(w),
-        // The job still runs; only a worker's death would leave it behind.
-        Err(e) => warn!(uuid = %job.uuid, "cannot start the job's watchdog: {e}"),
+    // (No group to watch if the child's pid is unknown: it already ended.)
+    if pgid.as_raw() > 1 {
+        match Watchdog::start(pgid, dir) {
+            Ok(w) => *watchdog = Some(w),
+            // The job still runs; only a worker's death would leave it behind.
+            Err(e) => warn!(uuid = %job.uuid, "cannot start the job's watchdog: {e}"),
+        }
     }
     let mut supervisor = Supervisor {
         uuid: job.uuid,
