@@ -323,25 +323,29 @@ impl Db {
     /// Adds a job to the schedule. `Ok(false)` if the name is taken.
     pub fn insert_job(&self, entry: &ScheduleEntry) -> Result<bool, DbError> {
         self.write(|tx| {
-            let (kind, platform, script, package) = job_columns(&entry.job.kind);
-            let n = tx
-                .execute(
-                    "INSERT OR IGNORE INTO jobs (name, kind, platform, script, opam_package, trigger, next_run, timeout_secs)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        entry.job.name,
-                        kind,
-                        platform,
-                        script,
-                        package,
-                        trigger_to_text(&entry.trigger),
-                        entry.next_run.map(|t| t.0),
-                        entry.timeout_secs.map(|t| t as i64),
-                    ],
-                )
-                .map_err(|e| self.err(e))?;
+            let n = self.insert_job_tx(tx, entry)?;
             Ok(n == 1)
         })
+    }
+
+    /// Adds a job unless one has its name; returns how many rows it added.
+    fn insert_job_tx(&self, tx: &Transaction<'_>, entry: &ScheduleEntry) -> Result<usize, DbError> {
+        let (kind, platform, script, package) = job_columns(&entry.job.kind);
+        tx.execute(
+            "INSERT OR IGNORE INTO jobs (name, kind, platform, script, opam_package, trigger, next_run, timeout_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                entry.job.name,
+                kind,
+                platform,
+                script,
+                package,
+                trigger_to_text(&entry.trigger),
+                entry.next_run.map(|t| t.0),
+                entry.timeout_secs.map(|t| t as i64),
+            ],
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// Removes a job from the schedule and from every queue. `Ok(false)` if
@@ -685,23 +689,7 @@ impl Db {
             }
             let mut done = Imported::default();
             for entry in &import.jobs {
-                let (kind, platform, script, package) = job_columns(&entry.job.kind);
-                done.jobs += tx
-                    .execute(
-                        "INSERT OR IGNORE INTO jobs (name, kind, platform, script, opam_package, trigger, next_run, timeout_secs)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        params![
-                            entry.job.name,
-                            kind,
-                            platform,
-                            script,
-                            package,
-                            trigger_to_text(&entry.trigger),
-                            entry.next_run.map(|t| t.0),
-                            entry.timeout_secs.map(|t| t as i64),
-                        ],
-                    )
-                    .map_err(|e| self.err(e))?;
+                done.jobs += self.insert_job_tx(tx, entry)?;
             }
             for platform in &import.dropped {
                 done.dropped += tx
