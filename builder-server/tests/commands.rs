@@ -69,6 +69,13 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
     });
     let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
 
+    let (mut executed, mut waiting) = (executed, waiting);
+    // Polled with a deadline: a client that never gets its end fails the
+    // test instead of hanging it.
+    wait_for("both observing clients to exit", || {
+        (executed.try_wait().unwrap().is_some() && waiting.try_wait().unwrap().is_some())
+            .then_some(())
+    });
     let executed = executed.wait_with_output().unwrap();
     let waited = waiting.wait_with_output().unwrap();
     for (name, out) in [
