@@ -330,7 +330,7 @@ async fn handle_connection(
     let hello = match tokio::time::timeout(hello_timeout, read_hello(&shared, &mut conn)).await {
         Ok(Ok(First::Hello(hello))) => hello,
         Ok(Ok(First::Reference(frame))) => {
-            return legacy::serve(&shared, conn, &frame, admission, slot).await
+            return Box::pin(legacy::serve(&shared, conn, &frame, admission, slot)).await
         }
         Ok(Err(reason)) => {
             tracing::warn!(%peer, ?reason, "refused connection");
@@ -372,10 +372,13 @@ async fn handle_connection(
         tracing::debug!(%peer, error = ?Chain(&e).to_string(), "peer left during hello");
         return;
     }
+    // Boxed: a task's future is as large as the largest state it can be
+    // in, and every connection pays for it while idle (a worker's build
+    // state, a client's observer). Each role's own future is sized for it.
     let result = match hello.role {
-        Role::Client => client::serve(&shared, &mut conn).await,
+        Role::Client => Box::pin(client::serve(&shared, &mut conn)).await,
         Role::Worker { platform, host } => {
-            worker::serve(&shared, &mut conn, &platform, &host).await
+            Box::pin(worker::serve(&shared, &mut conn, &platform, &host)).await
         }
     };
     if let Err(e) = result {

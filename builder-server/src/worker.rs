@@ -104,7 +104,9 @@ impl Session<'_> {
             let Some(running) = self.wait_for_job().await? else {
                 return Ok(());
             };
-            if !self.run_build(running).await? {
+            // Boxed: an idle worker's connection does not carry a build's
+            // state.
+            if !Box::pin(self.run_build(running)).await? {
                 return Ok(());
             }
         }

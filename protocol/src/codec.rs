@@ -14,6 +14,15 @@
 //! [`Connection`] wraps a socket in this codec and speaks typed messages. It
 //! sets `TCP_NODELAY`, and a frame's header and body are written with one
 //! buffer so they leave in one write.
+//!
+//! An idle connection holds almost no memory: the read buffer is let go
+//! whenever it is empty after a frame (a decoded frame shares its
+//! allocation, so keeping an empty tail would pin the whole last frame) and
+//! replaced by [`IDLE_READ_CAPACITY`] bytes, enough for a small frame in one
+//! read; the write buffer is let go after every flush. `Framed`'s own 8 KiB
+//! buffers are dropped at once. Farms keep hundreds of workers and clients
+//! connected and waiting; a malloc per frame costs far less than the
+//! read or write it goes with.
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,6 +54,10 @@ pub const CHUNK_SIZE: usize = 256 * 1024;
 
 /// The most room the decoder reserves ahead of the bytes that arrived.
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// What an idle connection's read buffer holds: room for a small frame
+/// (a heartbeat, a request) to arrive in one read.
+pub const IDLE_READ_CAPACITY: usize = 512;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -205,11 +218,28 @@ impl Connection<TcpStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Wraps any byte stream; `peer` names the other side in errors and logs.
     pub fn new(stream: S, max_frame: usize, peer: String) -> Connection<S> {
+        let mut framed = Framed::new(stream, FrameCodec::new(max_frame));
+        *framed.read_buffer_mut() = BytesMut::with_capacity(IDLE_READ_CAPACITY);
+        *framed.write_buffer_mut() = BytesMut::new();
         Connection {
-            framed: Framed::new(stream, FrameCodec::new(max_frame)),
+            framed,
             peer,
             frame_timeout: None,
             partial_since: None,
+        }
+    }
+
+    /// Lets go of the write buffer once everything in it is sent.
+    fn release_write_buffer(&mut self) {
+        if self.framed.write_buffer().is_empty() {
+            *self.framed.write_buffer_mut() = BytesMut::new();
+        }
+    }
+
+    /// Lets go of the read buffer if no byte of a next frame is in it.
+    fn release_read_buffer(&mut self) {
+        if self.framed.read_buffer().is_empty() {
+            *self.framed.read_buffer_mut() = BytesMut::with_capacity(IDLE_READ_CAPACITY);
         }
     }
 
@@ -239,13 +269,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
         let payload = message::encode(msg)?;
         self.framed.send(&payload[..]).await?;
+        self.release_write_buffer();
         Ok(())
     }
 
     /// Sends one frame of raw payload, flushing it (for peers of another
     /// encoding, such as the reference's DER commands).
     pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
-        self.framed.send(payload).await
+        self.framed.send(payload).await?;
+        self.release_write_buffer();
+        Ok(())
     }
 
     /// Encodes and queues one message without flushing; call
@@ -259,12 +292,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Flushes queued messages.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
         SinkExt::<&[u8]>::flush(&mut self.framed).await?;
+        self.release_write_buffer();
         Ok(())
     }
 
     /// Receives one frame's payload; `None` when the peer closed the
     /// connection cleanly between frames. Cancel-safe (usable in `select!`).
     pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        let frame = self.next_frame().await;
+        if let Ok(Some(_)) = frame {
+            self.release_read_buffer();
+        }
+        frame
+    }
+
+    async fn next_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
         let Some(timeout) = self.frame_timeout else {
             return self.framed.next().await.transpose();
         };
@@ -320,7 +362,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if stream.shutdown().await.is_err() {
                 return;
             }
-            let mut buf = [0u8; 8192];
+            // On the heap, and only now: a buffer in the future itself
+            // would be carried by every connection for its whole life.
+            let mut buf = vec![0u8; 8192];
             let mut dropped = 0;
             while let Ok(n) = stream.read(&mut buf).await {
                 dropped += n;
@@ -430,6 +474,39 @@ mod tests {
             buffer.capacity(),
             buffer.len()
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_lets_go_of_its_buffers() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut a = Connection::new(a, DEFAULT_MAX_FRAME, "a".into());
+        let mut b = Connection::new(b, DEFAULT_MAX_FRAME, "b".into());
+        assert!(b.framed.read_buffer().capacity() <= IDLE_READ_CAPACITY);
+        assert_eq!(a.framed.write_buffer().capacity(), 0);
+        let big = vec![7u8; 300_000];
+        let (sent, received) = tokio::join!(a.send_frame(&big), b.recv_frame());
+        sent.unwrap();
+        let frame = received.unwrap().unwrap();
+        assert_eq!(frame.len(), big.len());
+        // The frame is the caller's; the connection keeps only room for the
+        // next small frame, and nothing of what it wrote.
+        assert!(
+            b.framed.read_buffer().capacity() <= IDLE_READ_CAPACITY,
+            "read buffer {}",
+            b.framed.read_buffer().capacity()
+        );
+        assert_eq!(a.framed.write_buffer().capacity(), 0);
+        // Frames queued back to back are all still read, whatever was let go.
+        for n in [1usize, 10, 600, 70_000] {
+            a.feed(&vec![n as u8; n]).await.unwrap();
+        }
+        a.flush().await.unwrap();
+        assert_eq!(a.framed.write_buffer().capacity(), 0);
+        for n in [1usize, 10, 600, 70_000] {
+            let frame = b.recv_frame().await.unwrap().unwrap();
+            let want: Vec<u8> = message::encode(&vec![n as u8; n]).unwrap();
+            assert_eq!(&frame[..], &want[..], "frame of {n}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
