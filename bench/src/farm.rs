@@ -359,12 +359,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends `req` and returns the answer, past any notices (`warning: no
+    /// worker has ever asked for platform ...`).
     async fn request(&mut self, req: &ClientRequest) -> Result<ServerToClient> {
         self.conn.send(req).await?;
-        self.conn
-            .recv::<ServerToClient>()
-            .await?
-            .context("the server closed the connection")
+        loop {
+            match self
+                .conn
+                .recv::<ServerToClient>()
+                .await?
+                .context("the server closed the connection")?
+            {
+                ServerToClient::Notice { .. } => {}
+                answer => return Ok(answer),
+            }
+        }
     }
 
     /// Schedules a script job that runs once (trigger `never`, queued now).

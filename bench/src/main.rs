@@ -253,8 +253,11 @@ impl Scenario {
     async fn run(&self, common: &Common) -> Result<Report> {
         match *self {
             Scenario::Artifact { size_mib } => scenarios::artifact::run(common, size_mib).await,
-            Scenario::Jobs { count, workers } | Scenario::Dispatch { count, workers } => {
-                scenarios::jobs::run(common, count, workers).await
+            Scenario::Jobs { count, workers } => {
+                scenarios::jobs::run(common, "jobs", count, workers).await
+            }
+            Scenario::Dispatch { count, workers } => {
+                scenarios::jobs::run(common, "dispatch", count, workers).await
             }
             Scenario::Drain {
                 count,
