@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::handshake;
-use protocol::message::{ClientRequest, Hello, JobKind, JobSpec, ResultSummary, ServerToClient};
+use protocol::message::{
+    ClientRequest, Hello, JobKind, JobSpec, ResultSummary, ServerHello, ServerToClient,
+};
 use protocol::trigger::Trigger;
 
 use crate::procs::{Binaries, Deadline, Proc, Usage};
@@ -129,6 +131,8 @@ pub struct Farm {
     pub server: Proc,
     /// Its `host:port`.
     pub addr: String,
+    /// The server's arguments after `--port` and `--dir` (for a restart).
+    server_args: Vec<String>,
     bins: Binaries,
     /// The workers' `TMPDIR` when it is not in `root`.
     worker_root: Option<tempfile::TempDir>,
@@ -159,35 +163,37 @@ impl Farm {
             ),
         };
         let state = root.path().join("state");
-        let mut cmd = Command::new(bins.path("builder-server"));
-        cmd.args(["--ip", "127.0.0.1", "--port", "0", "--dir"])
-            .arg(&state)
-            .arg("--config-dir")
-            .arg(state.join("etc"))
-            .args(extra)
-            .args(&common.server_args)
-            .env("RUST_LOG", SERVER_LOG);
-        let mut server = Proc::spawn("builder-server", cmd)?;
-        let line = server
-            .wait_log("the server to listen", deadline, 1, |l| {
-                l.contains("address=")
-            })
-            .await?;
-        let addr = line
-            .text
-            .split("address=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .ok_or_else(|| anyhow!("no address in the server's line {:?}", line.text))?
-            .to_owned();
+        let server_args: Vec<String> = extra.iter().chain(&common.server_args).cloned().collect();
+        let (server, addr) = start_server(&bins, &state, &server_args, deadline).await?;
         Ok(Farm {
             workers: Vec::new(),
             server,
             addr,
+            server_args,
             bins,
             worker_root,
             root,
         })
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after a grace period) and
+    /// starts a new one on the same state; returns when it spawned the
+    /// process and when it logged that it listens. The new server has a
+    /// new port.
+    pub async fn restart_server(&mut self, deadline: &Deadline) -> Result<(Instant, Instant)> {
+        self.server.stop();
+        let spawned = Instant::now();
+        let (server, addr) =
+            start_server(&self.bins, &self.state_dir(), &self.server_args, deadline).await?;
+        let listening = Instant::now();
+        self.server = server;
+        self.addr = addr;
+        Ok((spawned, listening))
+    }
+
+    /// Stops every worker started with [`Farm::worker`].
+    pub fn stop_workers(&mut self) {
+        self.workers.clear();
     }
 
     /// The server's state directory (`--dir`).
@@ -327,16 +333,12 @@ impl Farm {
 
     /// A client connection to the server, after a successful hello.
     pub async fn connect(&self) -> Result<Client> {
-        let hello = Hello::client(None, concat!("builder-bench ", env!("CARGO_PKG_VERSION")));
-        let (conn, _server) = handshake::connect(
-            &self.addr,
-            &hello,
-            DEFAULT_MAX_FRAME,
-            handshake::Timeouts::default(),
-        )
-        .await
-        .context("the benchmark's client")?;
-        Ok(Client { conn })
+        connect(&self.addr).await
+    }
+
+    /// The path of a binary the farm runs (`builder-client`, ...).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bins.path(name)
     }
 
     /// Paths of every stored `full` record of `job`.
@@ -357,12 +359,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// Sends `req` and returns the answer, past any notices (`warning: no
+    /// worker has ever asked for platform ...`).
     async fn request(&mut self, req: &ClientRequest) -> Result<ServerToClient> {
         self.conn.send(req).await?;
-        self.conn
-            .recv::<ServerToClient>()
-            .await?
-            .context("the server closed the connection")
+        loop {
+            match self
+                .conn
+                .recv::<ServerToClient>()
+                .await?
+                .context("the server closed the connection")?
+            {
+                ServerToClient::Notice { .. } => {}
+                answer => return Ok(answer),
+            }
+        }
     }
 
     /// Schedules a script job that runs once (trigger `never`, queued now).
@@ -385,6 +396,47 @@ impl Client {
         }
     }
 
+    /// Puts `name` at the front of its queue now.
+    pub async fn execute(&mut self, name: &str) -> Result<()> {
+        let req = ClientRequest::Execute {
+            name: name.to_owned(),
+            platform: None,
+        };
+        match self.request(&req).await? {
+            ServerToClient::Success { .. } => Ok(()),
+            ServerToClient::Failure { reason } => bail!("execute {name} failed: {reason}"),
+            other => bail!("unexpected answer to execute: {other:?}"),
+        }
+    }
+
+    /// Asks for `info` and reads the whole answer; returns its size.
+    pub async fn info(&mut self) -> Result<InfoSize> {
+        self.conn.send(&ClientRequest::Info).await?;
+        let mut size = InfoSize::default();
+        loop {
+            let frame = self
+                .conn
+                .recv_frame()
+                .await?
+                .context("the server closed the connection during info")?;
+            size.bytes += frame.len() as u64;
+            match protocol::message::decode::<ServerToClient>(&frame)? {
+                ServerToClient::InfoPart(items) => size.items += items.len() as u64,
+                ServerToClient::Notice { .. } => {}
+                ServerToClient::InfoEnd { items } => {
+                    ensure!(
+                        items == size.items,
+                        "info announced {items} items but sent {}",
+                        size.items
+                    );
+                    return Ok(size);
+                }
+                ServerToClient::Failure { reason } => bail!("info failed: {reason}"),
+                other => bail!("unexpected answer to info: {other:?}"),
+            }
+        }
+    }
+
     /// The newest `limit` finished builds.
     pub async fn results(&mut self, limit: u32) -> Result<Vec<ResultSummary>> {
         match self
@@ -398,6 +450,83 @@ impl Client {
             other => bail!("unexpected answer to results: {other:?}"),
         }
     }
+}
+
+/// A client connection to `addr`, after a successful hello.
+pub async fn connect(addr: &str) -> Result<Client> {
+    let hello = Hello::client(None, concat!("builder-bench ", env!("CARGO_PKG_VERSION")));
+    let (conn, _server) = handshake::connect(
+        addr,
+        &hello,
+        DEFAULT_MAX_FRAME,
+        handshake::Timeouts::default(),
+    )
+    .await
+    .context("the benchmark's client")?;
+    Ok(Client { conn })
+}
+
+/// A connection to `addr` that said the hello of a worker of `platform`
+/// on `host`, and the server's answer (its heartbeat interval).
+pub async fn worker_connection(
+    addr: &str,
+    platform: &str,
+    host: &str,
+) -> Result<(Connection, ServerHello)> {
+    let hello = Hello::worker(
+        platform,
+        host,
+        None,
+        concat!("builder-bench ", env!("CARGO_PKG_VERSION")),
+    );
+    handshake::connect(
+        addr,
+        &hello,
+        DEFAULT_MAX_FRAME,
+        handshake::Timeouts::default(),
+    )
+    .await
+    .context("the benchmark's worker connection")
+}
+
+/// How big an `info` answer was.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InfoSize {
+    /// Frame payload bytes.
+    pub bytes: u64,
+    /// Items (jobs, queues, running builds, platforms, workers).
+    pub items: u64,
+}
+
+/// Starts `builder-server` on `state` with port 0 and `args`; waits until it
+/// logs its address. Returns the process and its `host:port`.
+async fn start_server(
+    bins: &Binaries,
+    state: &Path,
+    args: &[String],
+    deadline: &Deadline,
+) -> Result<(Proc, String)> {
+    let mut cmd = Command::new(bins.path("builder-server"));
+    cmd.args(["--ip", "127.0.0.1", "--port", "0", "--dir"])
+        .arg(state)
+        .arg("--config-dir")
+        .arg(state.join("etc"))
+        .args(args)
+        .env("RUST_LOG", SERVER_LOG);
+    let mut server = Proc::spawn("builder-server", cmd)?;
+    let line = server
+        .wait_log("the server to listen", deadline, 1, |l| {
+            l.contains("address=")
+        })
+        .await?;
+    let addr = line
+        .text
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no address in the server's line {:?}", line.text))?
+        .to_owned();
+    Ok((server, addr))
 }
 
 /// Reads a time stamp a job wrote with `date +%s%N > FILE`.

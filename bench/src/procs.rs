@@ -3,11 +3,12 @@
 //! Every child is stopped when its [`Proc`] is dropped, and gets SIGKILL
 //! from the kernel if the benchmark itself dies.
 
+use std::io::Read;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -74,6 +75,17 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// What a child wrote on stdout, counted as it arrived.
+#[derive(Debug, Default)]
+pub struct Counted {
+    /// Bytes.
+    pub bytes: AtomicU64,
+    /// Newlines.
+    pub lines: AtomicU64,
+    /// When the last bytes arrived.
+    pub last_at: Mutex<Option<SystemTime>>,
+}
+
 /// Memory and CPU of a process, as last read from `/proc`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -118,9 +130,25 @@ impl Proc {
     ///
     /// Call from the thread that outlives the child (the main thread): the
     /// child's parent-death signal fires when the spawning thread ends.
-    pub fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+    pub fn spawn(name: &str, cmd: Command) -> Result<Proc> {
+        Proc::start(name, cmd, None)
+    }
+
+    /// Like [`Proc::spawn`], but stdout is read and counted (bytes and
+    /// newlines) without being kept: an observer's console.
+    pub fn spawn_counting(name: &str, cmd: Command) -> Result<(Proc, Arc<Counted>)> {
+        let counted = Arc::new(Counted::default());
+        let proc = Proc::start(name, cmd, Some(counted.clone()))?;
+        Ok((proc, counted))
+    }
+
+    fn start(name: &str, mut cmd: Command, count_stdout: Option<Arc<Counted>>) -> Result<Proc> {
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if count_stdout.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe and touches no memory of the
         // parent; nothing else runs between fork and exec.
@@ -133,6 +161,23 @@ impl Proc {
             .spawn()
             .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
         let pid = child.id();
+
+        if let (Some(counted), Some(mut stdout)) = (count_stdout, child.stdout.take()) {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stdout.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                            counted.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            counted.lines.fetch_add(lines as u64, Ordering::Relaxed);
+                            *counted.last_at.lock().unwrap() = Some(SystemTime::now());
+                        }
+                    }
+                }
+            });
+        }
 
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -306,6 +351,14 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Proc {
+    /// Stops the process: SIGTERM, then SIGKILL after [`STOP_GRACE`]; waits
+    /// for it. Its figures stay readable (the last sample).
+    pub fn stop(&mut self) {
         self.stop_sampling.store(true, Ordering::Relaxed);
         if matches!(self.child.try_wait(), Ok(None)) {
             let pid = Pid::from_raw(self.child.id() as i32);

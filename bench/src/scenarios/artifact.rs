@@ -86,6 +86,16 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
         "schedule → upload delivered",
         secs(secs_between(t0, delivery.done)),
     );
+    // The figure: from the artifact on the worker's disk to the
+    // record durable on the server's.
+    r.row(
+        "artifact written → record stored",
+        format!(
+            "{}  ({})",
+            secs(secs_between(written_at, stored)),
+            rate(bytes, secs_between(written_at, stored))
+        ),
+    );
     build.start_rows(&mut r);
     let server_proc = &farm.server;
     let worker_proc = &farm.workers[build.worker];
@@ -152,7 +162,7 @@ pub async fn run(common: &Common, size_mib: u64) -> Result<Report> {
         bail!(
             "the sink received {} bytes but the record has {record_len}\n{}",
             delivery.len,
-            r.render("")
+            r.render("", "")
         );
     }
     Ok(r)

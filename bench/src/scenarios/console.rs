@@ -1,15 +1,24 @@
-//! One job prints a lot of console in 100-byte lines: job → worker →
-//! server → `full` record. Measures console throughput and peak memory.
+//! One job prints a lot of console in 100-byte lines as fast as it can:
+//! job → worker → server → `full` record, with (by default) one
+//! `builder-client observe-latest --wait` attached before the first line.
+//! Measures the time from the first line printed to the record stored,
+//! counts what the observer received, and the peak memory of the server.
+//!
+//! The observer is attached for sure before the first line: the script
+//! waits for a gate file, which the benchmark creates once the observer
+//! has printed the build's header.
 
 use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use protocol::record::{read_record_with_limit, ExecResult};
 
-use super::Common;
+use super::{Common, PLATFORM};
 use crate::farm::{read_mark, secs_between, sh_quote, Farm};
-use crate::procs::Deadline;
+use crate::procs::{Deadline, Proc};
 use crate::report::{rate, secs, Report, MIB};
 
 const JOB: &str = "bench-console";
@@ -19,26 +28,114 @@ const LINE: &str =
     "012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678";
 const LINE_BYTES: u64 = LINE.len() as u64 + 1;
 
-/// Runs the scenario with `mib` MiB of console.
-pub async fn run(common: &Common, mib: u64) -> Result<Report> {
-    ensure!(mib > 0, "--mib must be at least 1");
-    let bytes = mib.checked_mul(MIB).context("--mib is too large")?;
+/// How much console the job prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// This many 100-byte lines.
+    Lines(u64),
+    /// This many MiB (the last line may be cut short).
+    Mib(u64),
+}
+
+impl Size {
+    fn bytes(self) -> Result<u64> {
+        let (n, unit, flag) = match self {
+            Size::Lines(n) => (n, LINE_BYTES, "--lines"),
+            Size::Mib(n) => (n, MIB, "--mib"),
+        };
+        ensure!(n > 0, "{flag} must be at least 1");
+        n.checked_mul(unit)
+            .with_context(|| format!("{flag} is too large"))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Size::Lines(n) => write!(f, "{n} lines of {LINE_BYTES} bytes"),
+            Size::Mib(n) => write!(f, "{n} MiB of console in {LINE_BYTES}-byte lines"),
+        }
+    }
+}
+
+/// Runs the scenario: the job prints `size`; with `observe`, one observer
+/// is attached before the first line.
+pub async fn run(common: &Common, size: Size, observe: bool) -> Result<Report> {
+    let bytes = size.bytes()?;
     let deadline = Deadline::new(common.deadline);
 
     let mut farm = Farm::start(common, &[], &deadline).await?;
-    let (start_mark, end_mark) = (farm.marks_dir().join("start"), farm.marks_dir().join("end"));
+    let marks = farm.marks_dir();
+    let (gate, start_mark, end_mark) = (marks.join("go"), marks.join("start"), marks.join("end"));
+    let wait_for_gate = if observe {
+        format!(
+            "while [ ! -e {gate} ]; do sleep 0.01; done\n",
+            gate = sh_quote(&gate)
+        )
+    } else {
+        String::new()
+    };
     let script = format!(
-        "#!/bin/sh\ndate +%s%N > {}\nyes '{LINE}' | head -c {bytes}\ndate +%s%N > {}\n",
+        "#!/bin/sh\n{wait_for_gate}date +%s%N > {}\nyes '{LINE}' | head -c {bytes}\ndate +%s%N > {}\n",
         sh_quote(&start_mark),
         sh_quote(&end_mark)
     );
-    let build = farm.one_build(JOB, &script, &deadline).await?;
-    let (script_started, worker_done, stored) =
-        (build.script_started, build.worker_done, build.stored);
+    let mut observer = if observe {
+        let mut cmd = Command::new(farm.bin("builder-client"));
+        cmd.args(["-r", &farm.addr, "observe-latest", "--wait", "--job", JOB]);
+        let observer = Proc::spawn_counting("builder-client observe-latest", cmd)?;
+        // Only then is the job scheduled: the observer cannot miss its start.
+        farm.server
+            .wait_log("the observer to wait", &deadline, 1, |l| {
+                l.contains("observer waiting for the next build")
+            })
+            .await?;
+        Some(observer)
+    } else {
+        None
+    };
+    let header = format!("of job {JOB} on {PLATFORM}");
+    let open_gate = async {
+        if let Some((proc, _)) = observer.as_mut() {
+            proc.wait_log("the observer to see the build", &deadline, 1, |l| {
+                l.contains(&header)
+            })
+            .await?;
+            std::fs::write(&gate, b"")?;
+        }
+        anyhow::Ok(())
+    };
+    let (build, gated) = tokio::join!(farm.one_build(JOB, &script, &deadline), open_gate);
+    gated?;
+    let build = build?;
+    let stored = build.stored;
     let server = farm.server.usage();
     let worker = farm.workers[build.worker].usage();
     let printing_started = read_mark(&start_mark)?;
     let printed = read_mark(&end_mark)?;
+    let (expected_lines, _) = expected(bytes);
+
+    let mut seen = None;
+    if let Some((proc, counted)) = observer.as_mut() {
+        let exit = proc.wait_exit(&deadline).await?;
+        let not_shown: u64 = proc
+            .lines()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.text.strip_prefix('[')?;
+                let (n, tail) = rest.split_once(' ')?;
+                tail.starts_with("lines not shown")
+                    .then(|| n.parse::<u64>().ok())?
+            })
+            .sum();
+        seen = Some(Observed {
+            lines: counted.lines.load(Ordering::Relaxed),
+            bytes: counted.bytes.load(Ordering::Relaxed),
+            not_shown,
+            last_at: *counted.last_at.lock().unwrap(),
+            exit: proc.describe_exit(exit),
+        });
+    }
 
     let record_len = std::fs::metadata(&build.record)?.len();
     let verify_start = std::time::Instant::now();
@@ -46,12 +143,16 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
     let verify_took = verify_start.elapsed();
 
     let mut r = Report::new(format!(
-        "console: one job prints {mib} MiB of console in {LINE_BYTES}-byte lines; \
-         one one-shot worker"
+        "console: one job prints {size} as fast as it can; one one-shot worker; {}",
+        if observe {
+            "one observer (builder-client observe-latest --wait) attached before the first line"
+        } else {
+            "no observer"
+        }
     ));
-    let total = secs_between(script_started, stored);
+    let total = secs_between(printing_started, stored);
     r.row(
-        "script started → record stored",
+        "first line printed → record stored",
         format!("{}  ({})", secs(total), rate(bytes, total)),
     );
     build.start_rows(&mut r);
@@ -77,20 +178,46 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
     );
     r.row(
         "  script ends → worker done",
-        phase(printed, worker_done, false),
+        phase(printed, build.worker_done, false),
     );
     r.row(
         "  worker done → record stored",
-        phase(worker_done, stored, false),
+        phase(build.worker_done, stored, false),
     );
-    let (printed_lines, _) = expected(bytes);
+    if let Some(seen) = &seen {
+        r.row(
+            "observer received",
+            format!(
+                "{}/{expected_lines} lines ({} bytes){}{}",
+                seen.lines,
+                seen.bytes,
+                if seen.lines == expected_lines {
+                    ", all"
+                } else {
+                    ", NOT ALL"
+                },
+                if seen.not_shown > 0 {
+                    format!("; it was told {} were not shown (too slow)", seen.not_shown)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        if let Some(last) = seen.last_at {
+            r.row(
+                "  first line printed → observer's last line",
+                secs(secs_between(printing_started, last)),
+            );
+        }
+        r.row("  observer exit", seen.exit.clone());
+    }
     r.row(
         "console lines",
         if kept.dropped.0 == 0 {
-            format!("{printed_lines} printed ({bytes} bytes with newlines), all in the record")
+            format!("{expected_lines} printed ({bytes} bytes with newlines), all in the record")
         } else {
             format!(
-                "{printed_lines} printed ({bytes} bytes with newlines); the record keeps {} \
+                "{expected_lines} printed ({bytes} bytes with newlines); the record keeps {} \
                  from the start and the end, the server dropped {} ({} bytes) from the middle \
                  (its --max-console-bytes)",
                 kept.lines, kept.dropped.0, kept.dropped.1
@@ -107,7 +234,28 @@ pub async fn run(common: &Common, mib: u64) -> Result<Report> {
             secs(verify_took.as_secs_f64())
         ),
     );
+    if let Some(seen) = &seen {
+        if seen.lines + seen.not_shown != expected_lines {
+            bail!(
+                "the observer received {} lines and was told of {} not shown; the job printed \
+                 {expected_lines}\n{}",
+                seen.lines,
+                seen.not_shown,
+                r.render("", "")
+            );
+        }
+    }
     Ok(r)
+}
+
+/// What the observer got.
+struct Observed {
+    lines: u64,
+    bytes: u64,
+    /// Lines the server told it it skipped (`[N lines not shown: ...]`).
+    not_shown: u64,
+    last_at: Option<SystemTime>,
+    exit: String,
 }
 
 /// Lines and data bytes `yes LINE | head -c bytes` prints.

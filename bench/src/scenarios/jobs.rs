@@ -15,8 +15,9 @@ use crate::farm::{
 use crate::procs::Deadline;
 use crate::report::{kib, percent, secs, Report};
 
-/// Runs the scenario: `count` jobs (`true`), `workers` workers.
-pub async fn run(common: &Common, count: u32, workers: u32) -> Result<Report> {
+/// Runs the scenario: `count` jobs (`true`), `workers` workers; `name`
+/// heads the report (`jobs`, or `dispatch` for issue 12's figure).
+pub async fn run(common: &Common, name: &str, count: u32, workers: u32) -> Result<Report> {
     // One `results` answer lists them all: keep it well inside a frame.
     ensure!(
         (1..=100_000).contains(&count),
@@ -100,7 +101,7 @@ pub async fn run(common: &Common, count: u32, workers: u32) -> Result<Report> {
     let run = secs_between(t0, done);
     let busy = secs_between(first, done);
     let mut r = Report::new(format!(
-        "jobs: {count} trivial jobs (`true`) on one platform, {workers} --loop workers"
+        "{name}: {count} trivial jobs (`true`) queued before {workers} --loop workers connect"
     ));
     r.row(
         "schedule (one connection)",

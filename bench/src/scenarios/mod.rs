@@ -3,7 +3,12 @@
 
 pub mod artifact;
 pub mod console;
+pub mod drain;
+pub mod idle;
 pub mod jobs;
+pub mod latency;
+pub mod scale;
+pub mod schedule_latency;
 
 use std::path::PathBuf;
 use std::time::Duration;
