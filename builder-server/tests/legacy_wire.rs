@@ -238,13 +238,18 @@ fn every_recorded_conversation_replays_against_the_server() {
         .find(|a| a.path == b"allbytes.bin")
         .unwrap();
     assert_eq!(allbytes.data, (0..=255u8).collect::<Vec<u8>>());
-    let results = match server.request(ClientRequest::Results {
-        job: None,
-        limit: 10,
-    }) {
-        ServerToClient::ResultList(r) => r.into_iter().map(|e| e.summary).collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
-    };
+    // A record is written before its build is indexed: wait for both.
+    let results = common::wait_for("both builds indexed", || {
+        let results = match server.request(ClientRequest::Results {
+            job: None,
+            limit: 10,
+        }) {
+            ServerToClient::ResultList(r) => r.into_iter().map(|e| e.summary).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let indexed = |job: &str| results.iter().any(|r| r.job == job);
+        (indexed("wirejob") && indexed("wirejob2")).then_some(results)
+    });
     let outcome = |job: &str| {
         results
             .iter()
