@@ -84,7 +84,12 @@ pub fn build_dir(state_dir: &Path, job: &str, uuid: Uuid) -> PathBuf {
     state_dir.join(job).join(uuid.to_string())
 }
 
-/// Artifacts of a running build, spooled to disk as they arrive.
+/// The directory of a running build's artifact spool, in its build
+/// directory.
+pub const ARTIFACTS_DIR: &str = "artifacts.partial";
+
+/// Artifacts of a running build, spooled to disk as they arrive (by the
+/// build's writer thread, [`crate::spool`]).
 pub struct ArtifactSpool {
     dir: PathBuf,
     artifacts: Vec<FileArtifact>,
@@ -95,7 +100,7 @@ impl ArtifactSpool {
     /// A spool for the build in `build_dir` (created on the first artifact).
     pub fn new(build_dir: &Path) -> ArtifactSpool {
         ArtifactSpool {
-            dir: build_dir.join("artifacts.partial"),
+            dir: build_dir.join(ARTIFACTS_DIR),
             artifacts: Vec::new(),
             current: None,
         }
@@ -155,14 +160,10 @@ impl ArtifactSpool {
         Ok((self.dir, self.artifacts))
     }
 
-    /// Throws the spooled artifacts away, and the build's directory with
-    /// them unless it holds a record.
+    /// Throws the spooled artifacts away.
     pub fn discard(self) {
         drop(self.current);
         remove_dir_logged(&self.dir);
-        if let Some(build_dir) = self.dir.parent() {
-            remove_incomplete(build_dir);
-        }
     }
 }
 
