@@ -560,11 +560,21 @@ impl Spooled {
             return;
         }
         crate::store::remove_spool(&self.console_dir);
-        if let Some(dir) = &self.artifacts.0 {
-            crate::store::remove_spool(dir);
-        }
+        crate::store::remove_spool(&self.build_dir.join(crate::store::ARTIFACTS_DIR));
         // Only if empty: another attempt may be writing there already.
         let _ = fs::remove_dir(&self.build_dir);
+    }
+
+    /// [`Spooled::discard`] on a blocking thread.
+    pub async fn discard_async(self) {
+        let _ = tokio::task::spawn_blocking(move || self.discard()).await;
+    }
+
+    /// Removes the artifacts' spool (for a build recorded without them).
+    pub async fn drop_artifacts(&mut self) {
+        if let (Some(dir), _) = std::mem::take(&mut self.artifacts) {
+            let _ = tokio::task::spawn_blocking(move || crate::store::remove_spool(&dir)).await;
+        }
     }
 }
 
