@@ -60,6 +60,10 @@ pub const CHECK_LINES: u64 = 1024;
 /// never cut).
 pub const CHECK_BYTES: u64 = 256 * 1024;
 
+/// Console bytes written at most before observers are shown them (and
+/// memory can let them go), while the writer is behind.
+const PUBLISH_BYTES: u64 = 256 * 1024;
+
 /// The smallest tail segment, whatever the limit.
 const MIN_SEGMENT: u64 = 1024 * 1024;
 
@@ -225,6 +229,8 @@ pub struct ConsoleWriter {
     dropped: (u64, u64),
     map: SharedMap,
     broken: bool,
+    /// Bytes appended since the last [`ConsoleWriter::publish`].
+    unpublished: u64,
 }
 
 impl ConsoleWriter {
@@ -245,6 +251,7 @@ impl ConsoleWriter {
             dropped: (0, 0),
             map,
             broken: false,
+            unpublished: 0,
         }
     }
 
@@ -325,6 +332,7 @@ impl ConsoleWriter {
         encode_console_line(line.delta_ns, &line.data, out).map_err(io_err(&path))?;
         segment.lines += 1;
         segment.bytes += bytes;
+        self.unpublished += bytes;
         segment.cost += cost;
         segment.data += line.data.len() as u64;
         // The newer segments hold the second half without the oldest: it
@@ -347,6 +355,7 @@ impl ConsoleWriter {
         if self.broken {
             return Ok(());
         }
+        self.unpublished = 0;
         if let Some(out) = self.out.as_mut() {
             if let Err(e) = out.flush() {
                 self.broken = true;
@@ -689,8 +698,10 @@ fn write(
             Op::ArtifactStart { path, len } => artifacts.start(path, len).map_err(artifact_error),
             Op::ArtifactChunk(data) => artifacts.chunk(&data).map_err(artifact_error),
         };
+        // Published when the writer caught up, and often enough while it
+        // cannot: memory keeps only what is not published yet.
         let done = done.and_then(|()| {
-            if rx.is_empty() {
+            if rx.is_empty() || console.unpublished >= PUBLISH_BYTES {
                 console.publish().map_err(|error| SpoolError {
                     what: "cannot spool the console",
                     error,

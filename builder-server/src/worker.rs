@@ -33,7 +33,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
 use crate::live::{LiveBuild, Requeue};
-use crate::spool::{BuildSpool, ConsoleFiles, SharedMap, SpoolError, Spooled};
+use crate::spool::{BuildSpool, ConsoleFiles, SharedMap, SpoolError, Spooled, WriterGone};
 use crate::state::Shared;
 use crate::store;
 
@@ -281,19 +281,19 @@ impl Session<'_> {
                             }
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
                                 match live.push(bounds::bound_lines(lines)) {
-                                    Some(batch) => spool.console(batch).await.map_err(|_| Interrupted::Spool),
+                                    Some(batch) => self.spooling(spool.console(batch)).await,
                                     None => Ok(()),
                                 }
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
                                 match budget.start() {
-                                    Ok(()) => spool.artifact_start(path, len).await.map_err(|_| Interrupted::Spool),
+                                    Ok(()) => self.spooling(spool.artifact_start(path, len)).await,
                                     Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
                                 match budget.bytes(data.len()) {
-                                    Ok(()) => spool.artifact_chunk(data).await.map_err(|_| Interrupted::Spool),
+                                    Ok(()) => self.spooling(spool.artifact_chunk(data)).await,
                                     Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
@@ -440,6 +440,30 @@ impl Session<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    /// Hands something to the build's writer, waiting while it catches up
+    /// with the disk (backpressure). Meanwhile the worker keeps hearing
+    /// from the server, and the time is not held against the worker: its
+    /// messages wait unread in the socket.
+    async fn spooling(
+        &mut self,
+        send: impl std::future::Future<Output = Result<(), WriterGone>>,
+    ) -> Result<(), Interrupted> {
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    self.last_seen = Instant::now();
+                    return sent.map_err(|WriterGone| Interrupted::Spool);
+                }
+                _ = self.ticker.tick() => {
+                    if let Err(e) = self.conn.send(&ServerToWorker::Heartbeat).await {
+                        return Err(Interrupted::Lost(format!("cannot send heartbeat: {}", Chain(&e))));
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the worker why it is being dropped, without waiting long for
