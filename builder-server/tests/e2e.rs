@@ -664,9 +664,7 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
 /// Bytes of the files in `dir` (none if it is not there).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum()
+        entries.map(|e| e.unwrap().metadata().unwrap().len()).sum()
     })
 }
 
@@ -709,7 +707,11 @@ fn a_running_builds_console_lives_in_its_spool_and_a_late_observer_gets_it_all()
         .unwrap();
     std::fs::write(&go, "").unwrap();
     let out = observer.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let shown: Vec<&str> = stdout.lines().collect();
     let yes = shown.iter().filter(|l| l.starts_with("0123456789")).count();
