@@ -14,6 +14,8 @@
 //! - [`store`]: `DIR/<job>/<uuid>/full` records.
 //! - [`layout`]: the server's own files, `DIR/.builder/` (lock, `state.db`).
 //! - [`live`]: running builds and their observers.
+//! - [`spool`]: a running build's console and artifacts on disk, written
+//!   by its writer thread.
 //! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
@@ -31,6 +33,7 @@ pub mod legacy;
 pub mod live;
 pub mod metrics;
 pub mod scheduler;
+pub mod spool;
 pub mod state;
 pub mod store;
 pub mod templates;

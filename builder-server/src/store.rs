@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use protocol::record::{self, FileArtifact, RecordHead};
+use protocol::record::{self, ConsoleSource, FileArtifact, RecordHead};
 use uuid::Uuid;
 
 /// Why a build could not be stored.
@@ -84,7 +84,12 @@ pub fn build_dir(state_dir: &Path, job: &str, uuid: Uuid) -> PathBuf {
     state_dir.join(job).join(uuid.to_string())
 }
 
-/// Artifacts of a running build, spooled to disk as they arrive.
+/// The directory of a running build's artifact spool, in its build
+/// directory.
+pub const ARTIFACTS_DIR: &str = "artifacts.partial";
+
+/// Artifacts of a running build, spooled to disk as they arrive (by the
+/// build's writer thread, [`crate::spool`]).
 pub struct ArtifactSpool {
     dir: PathBuf,
     artifacts: Vec<FileArtifact>,
@@ -95,7 +100,7 @@ impl ArtifactSpool {
     /// A spool for the build in `build_dir` (created on the first artifact).
     pub fn new(build_dir: &Path) -> ArtifactSpool {
         ArtifactSpool {
-            dir: build_dir.join("artifacts.partial"),
+            dir: build_dir.join(ARTIFACTS_DIR),
             artifacts: Vec::new(),
             current: None,
         }
@@ -155,14 +160,10 @@ impl ArtifactSpool {
         Ok((self.dir, self.artifacts))
     }
 
-    /// Throws the spooled artifacts away, and the build's directory with
-    /// them unless it holds a record.
+    /// Throws the spooled artifacts away.
     pub fn discard(self) {
         drop(self.current);
         remove_dir_logged(&self.dir);
-        if let Some(build_dir) = self.dir.parent() {
-            remove_incomplete(build_dir);
-        }
     }
 }
 
@@ -230,13 +231,14 @@ impl JobDirs {
 }
 
 /// Writes the record durably to `build_dir/full` (blocking: call from a
-/// blocking thread) and removes the artifact spool. Returns the record's path.
+/// blocking thread), its console from `console` when given (from
+/// `head.console` otherwise). Returns the record's path.
 pub fn write_full(
     job_dirs: &JobDirs,
     build_dir: &Path,
     head: &RecordHead,
+    console: Option<&mut dyn ConsoleSource>,
     artifacts: &[FileArtifact],
-    spool: Option<&Path>,
 ) -> Result<PathBuf, StoreError> {
     let job_dir = build_dir
         .parent()
@@ -245,7 +247,7 @@ pub fn write_full(
     fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
     let partial = build_dir.join("full.partial");
     let full = build_dir.join("full");
-    let written = write_partial(&partial, head, artifacts)
+    let written = write_partial(&partial, head, console, artifacts)
         .and_then(|()| fs::rename(&partial, &full).map_err(io_err(&full)));
     if let Err(e) = written {
         // Whatever was written is of no use, and may be what fills the disk.
@@ -255,24 +257,26 @@ pub fn write_full(
     // `full` in the build directory, the build directory in the job's.
     sync_dir(build_dir)?;
     sync_dir(job_dir)?;
-    if let Some(spool) = spool {
-        remove_dir_logged(spool);
-    }
     Ok(full)
 }
 
 /// Writes and fsyncs the record to `partial`.
+///
+/// The file itself goes to the record writer (which buffers headers and
+/// lines itself), so artifact bodies are copied file to file by the kernel
+/// where it can.
 fn write_partial(
     partial: &Path,
     head: &RecordHead,
+    console: Option<&mut dyn ConsoleSource>,
     artifacts: &[FileArtifact],
 ) -> Result<(), StoreError> {
-    let file = File::create(partial).map_err(io_err(partial))?;
-    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
-    record::write_record(&mut out, head, artifacts).map_err(io_err(partial))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io_err(partial)(e.into_error()))?;
+    let mut file = File::create(partial).map_err(io_err(partial))?;
+    match console {
+        Some(console) => record::write_record_from_spools(&mut file, head, console, artifacts),
+        None => record::write_record(&mut file, head, artifacts),
+    }
+    .map_err(io_err(partial))?;
     file.sync_all().map_err(io_err(partial))
 }
 
@@ -343,7 +347,7 @@ mod tests {
         };
         let write = |uuid: Uuid| {
             let build = build_dir(state.path(), "job", uuid);
-            let full = write_full(&dirs, &build, &head, &[], None).unwrap();
+            let full = write_full(&dirs, &build, &head, None, &[]).unwrap();
             assert_eq!(full, build.join("full"));
             assert!(full.is_file());
         };

@@ -26,15 +26,16 @@ use protocol::codec::Connection;
 use protocol::message::{
     BuildHeader, JobAssignment, JobOutcome, ServerToWorker, Timestamp, WorkerMessage,
 };
-use protocol::record::{ConsoleLine, ExecResult, RecordHead, ScriptJob, TimeForms};
+use protocol::record::{ExecResult, RecordHead, ScriptJob, TimeForms};
 use protocol::Chain;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::bounds::{self, ArtifactBudget};
 use crate::db::{self, LostFate, NewResult, Running};
 use crate::live::{LiveBuild, Requeue};
+use crate::spool::{BuildSpool, ConsoleFiles, SharedMap, SpoolError, Spooled, WriterGone};
 use crate::state::Shared;
-use crate::store::{self, ArtifactSpool};
+use crate::store;
 
 /// Serves one worker connection until it closes, is lost or the server stops.
 pub async fn serve(
@@ -83,6 +84,9 @@ enum Interrupted {
     /// The server cannot spool the build's artifacts: it ends aborted with
     /// this reason.
     Storage(String),
+    /// The build's writer stopped at an error, which it gives when it is
+    /// finished.
+    Spool,
 }
 
 struct Session<'a> {
@@ -212,6 +216,7 @@ impl Session<'_> {
         let uuid = running.uuid;
         let job = &running.job;
         tracing::info!(job = ?job.job, %uuid, platform = ?job.platform, worker = ?self.name, "build started");
+        let map = SharedMap::default();
         let live = LiveBuild::new(
             BuildHeader {
                 uuid,
@@ -219,12 +224,17 @@ impl Session<'_> {
                 platform: job.platform.clone(),
                 started: running.assigned,
             },
-            self.shared.config.max_console,
+            map.clone(),
         );
         self.shared.live.insert(uuid, live.clone());
         let mut cancel = self.shared.workers.set_running(self.id, Some(uuid));
         let build_dir = store::build_dir(&self.shared.config.dir, &job.job, uuid);
-        let mut spool = ArtifactSpool::new(&build_dir);
+        let mut spool = BuildSpool::start(
+            &build_dir,
+            job.lost + 1,
+            self.shared.config.max_console,
+            map,
+        );
         let mut budget = ArtifactBudget::new(self.shared.config.limits);
         let mut started = running.assigned;
         // The server's own deadline: the worker kills the job at its
@@ -272,18 +282,20 @@ impl Session<'_> {
                                 Ok(())
                             }
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
-                                live.push(bounds::bound_lines(lines));
-                                Ok(())
+                                match live.push(bounds::bound_lines(lines)) {
+                                    Some(batch) => self.spooling(spool.console(batch)).await,
+                                    None => Ok(()),
+                                }
                             }
                             WorkerMessage::ArtifactStart { uuid: u, path, len } if u == uuid => {
                                 match budget.start() {
-                                    Ok(()) => spool.start(path, len).map_err(|e| spool_error(&e)),
+                                    Ok(()) => self.spooling(spool.artifact_start(path, len)).await,
                                     Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
                             WorkerMessage::ArtifactChunk { uuid: u, data } if u == uuid => {
                                 match budget.bytes(data.len()) {
-                                    Ok(()) => spool.chunk(&data).map_err(|e| spool_error(&e)),
+                                    Ok(()) => self.spooling(spool.artifact_chunk(data)).await,
                                     Err(reason) => Err(Interrupted::Abort(reason)),
                                 }
                             }
@@ -330,40 +342,54 @@ impl Session<'_> {
         };
         self.shared.workers.set_running(self.id, None);
 
+        if let Err(Interrupted::Shutdown) = end {
+            // Left marked running: the next start requeues it (and removes
+            // what its writer leaves).
+            self.shared.live.remove(uuid, &live);
+            return Ok(false);
+        }
+        // Everything sent to the writer is on disk from here on.
+        let mut spooled = spool.finish().await;
+        let end = match (end, spooled.error.take()) {
+            // An interruption that came first stands (and was told).
+            (
+                end @ Err(Interrupted::Lost(_) | Interrupted::Abort(_) | Interrupted::Storage(_)),
+                _,
+            ) => end,
+            (_, Some(e)) => {
+                let end = spool_error(&e);
+                if let Interrupted::Lost(reason) | Interrupted::Storage(reason) = &end {
+                    self.send_failure(reason).await;
+                }
+                Err(end)
+            }
+            (Err(Interrupted::Spool), None) => {
+                Err(Interrupted::Storage("the spool's writer stopped".into()))
+            }
+            (end, None) => end,
+        };
         let (finished, outcome) = match end {
             Ok(end) => end,
-            Err(Interrupted::Shutdown) => {
-                // Left marked running: the next start requeues it.
-                self.shared.live.remove(uuid, &live);
-                return Ok(false);
-            }
             Err(Interrupted::Lost(reason)) => {
-                spool.discard();
-                build_lost(self.shared, running, &live, &reason).await?;
+                spooled.drop_artifacts().await;
+                build_lost(self.shared, running, &live, &reason, spooled).await?;
                 return Ok(false);
             }
             Err(Interrupted::Storage(reason)) => {
                 // Not the worker's fault, and running it again would fail
                 // the same way: the build ends here, without its artifacts.
                 tracing::error!(job = ?running.job.job, %uuid, ?reason, "cannot store the build; recorded as aborted");
-                spool.discard();
-                self.abort(running, &live, started, reason).await?;
+                spooled.drop_artifacts().await;
+                self.abort(running, &live, started, reason, spooled).await?;
                 return Ok(false);
             }
             Err(Interrupted::Abort(message)) => {
-                spool.discard();
-                self.abort(running, &live, started, message).await?;
-                return Ok(false);
-            }
-        };
-
-        let artifacts = match spool.finish() {
-            Ok((dir, artifacts)) => (Some(dir), artifacts),
-            Err(e) => {
-                self.give_up(running, &live, &build_dir, Chain(&e).to_string())
+                spooled.drop_artifacts().await;
+                self.abort(running, &live, started, message, spooled)
                     .await?;
                 return Ok(false);
             }
+            Err(Interrupted::Shutdown | Interrupted::Spool) => unreachable!("handled above"),
         };
         let storing = end_build(
             self.shared,
@@ -372,7 +398,7 @@ impl Session<'_> {
             started,
             finished,
             outcome,
-            artifacts,
+            spooled,
         );
         let (stored, reachable) =
             with_heartbeats(self.conn, self.shared.config.heartbeat, storing).await;
@@ -391,26 +417,6 @@ impl Session<'_> {
         Ok(true)
     }
 
-    /// The worker's result does not hold together: tell the worker why,
-    /// throw away what was written, and treat the build as one whose worker
-    /// was lost.
-    async fn give_up(
-        &mut self,
-        running: Running,
-        live: &Arc<LiveBuild>,
-        build_dir: &std::path::Path,
-        reason: String,
-    ) -> anyhow::Result<()> {
-        let _ = self
-            .conn
-            .send(&ServerToWorker::Failure {
-                reason: reason.clone(),
-            })
-            .await;
-        store::remove_incomplete(build_dir);
-        build_lost(self.shared, running, live, &reason).await
-    }
-
     /// The build went past a bound, or its artifacts cannot be stored:
     /// record it aborted with `message`, its artifacts already thrown away;
     /// the worker is dropped.
@@ -420,6 +426,7 @@ impl Session<'_> {
         live: &Arc<LiveBuild>,
         started: Timestamp,
         message: String,
+        spooled: Spooled,
     ) -> anyhow::Result<()> {
         tracing::warn!(job = ?running.job.job, uuid = %running.uuid, worker = ?self.name, ?message, "build aborted by the server");
         let finished = bounds::clamp(Timestamp::now(), started, Timestamp::now());
@@ -431,10 +438,34 @@ impl Session<'_> {
             started,
             finished,
             outcome,
-            (None, Vec::new()),
+            spooled,
         )
         .await?;
         Ok(())
+    }
+
+    /// Hands something to the build's writer, waiting while it catches up
+    /// with the disk (backpressure). Meanwhile the worker keeps hearing
+    /// from the server, and the time is not held against the worker: its
+    /// messages wait unread in the socket.
+    async fn spooling(
+        &mut self,
+        send: impl std::future::Future<Output = Result<(), WriterGone>>,
+    ) -> Result<(), Interrupted> {
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    self.last_seen = Instant::now();
+                    return sent.map_err(|WriterGone| Interrupted::Spool);
+                }
+                _ = self.ticker.tick() => {
+                    if let Err(e) = self.conn.send(&ServerToWorker::Heartbeat).await {
+                        return Err(Interrupted::Lost(format!("cannot send heartbeat: {}", Chain(&e))));
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the worker why it is being dropped, without waiting long for
@@ -492,11 +523,11 @@ where
 
 /// A spooling failure: the server's own (disk full, unwritable folder) ends
 /// the build aborted; a worker's inconsistent data means a lost worker.
-fn spool_error(e: &store::StoreError) -> Interrupted {
-    if e.is_protocol() {
-        Interrupted::Lost(Chain(e).to_string())
+fn spool_error(e: &SpoolError) -> Interrupted {
+    if e.error.is_protocol() {
+        Interrupted::Lost(Chain(&e.error).to_string())
     } else {
-        Interrupted::Storage(e.abort_reason("cannot spool an artifact"))
+        Interrupted::Storage(e.error.abort_reason(e.what))
     }
 }
 
@@ -544,11 +575,16 @@ pub(crate) async fn claim(
 
 /// The build's worker is gone: requeue it, or record it as aborted when it
 /// lost too many workers in a row. Observers get an end whatever happens.
+///
+/// `spooled` holds what the attempt spooled (its artifacts removed
+/// already): its console goes into the record of a build given up, and
+/// the spool goes in any case.
 pub(crate) async fn build_lost(
     shared: &Arc<Shared>,
     running: Running,
     live: &Arc<LiveBuild>,
     reason: &str,
+    spooled: Spooled,
 ) -> anyhow::Result<()> {
     let uuid = running.uuid;
     let now = Timestamp::now();
@@ -561,6 +597,7 @@ pub(crate) async fn build_lost(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); not requeued: {e}")),
             );
+            spooled.discard_async().await;
             shared.live.remove(uuid, live);
             return if e.is_disk_full() {
                 Ok(())
@@ -573,6 +610,7 @@ pub(crate) async fn build_lost(
         LostFate::Requeued => {
             let attempt = running.job.lost + 2;
             tracing::warn!(job = ?running.job.job, %uuid, ?reason, attempt, "worker lost; build requeued at the front");
+            spooled.discard_async().await;
             // Same UUID: its observers follow it into its next attempt.
             live.requeued(Requeue {
                 attempt,
@@ -584,18 +622,12 @@ pub(crate) async fn build_lost(
         LostFate::GiveUp(r) => {
             tracing::error!(job = ?r.job.job, %uuid, ?reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
-            end_build(
-                shared,
-                &r,
-                live,
-                r.assigned,
-                now,
-                outcome,
-                (None, Vec::new()),
-            )
-            .await?;
+            end_build(shared, &r, live, r.assigned, now, outcome, spooled).await?;
         }
-        LostFate::Unknown => shared.live.remove(uuid, live),
+        LostFate::Unknown => {
+            spooled.discard_async().await;
+            shared.live.remove(uuid, live);
+        }
     }
     Ok(())
 }
@@ -610,22 +642,10 @@ pub(crate) async fn end_build(
     started: Timestamp,
     finished: Timestamp,
     outcome: JobOutcome,
-    artifacts: (
-        Option<std::path::PathBuf>,
-        Vec<protocol::record::FileArtifact>,
-    ),
+    spooled: Spooled,
 ) -> anyhow::Result<JobOutcome> {
-    let console = live.take_console();
-    let stored = store_result(
-        shared,
-        running,
-        started,
-        finished,
-        outcome.clone(),
-        console,
-        artifacts,
-    )
-    .await;
+    live.take_console();
+    let stored = store_result(shared, running, started, finished, outcome.clone(), spooled).await;
     live.finish(
         finished,
         stored.as_ref().map_or(outcome, |recorded| recorded.clone()),
@@ -653,13 +673,10 @@ pub(crate) async fn store_result(
     started: Timestamp,
     finished: Timestamp,
     outcome: JobOutcome,
-    mut console: Vec<protocol::message::OutputLine>,
-    (spool_dir, artifacts): (
-        Option<std::path::PathBuf>,
-        Vec<protocol::record::FileArtifact>,
-    ),
+    mut spooled: Spooled,
 ) -> anyhow::Result<JobOutcome> {
     let job = &running.job;
+    let (spool_dir, artifacts) = std::mem::take(&mut spooled.artifacts);
     let mut head = RecordHead {
         job: ScriptJob::new(
             job.job.as_bytes(),
@@ -667,18 +684,8 @@ pub(crate) async fn store_result(
             Some(job.platform.as_bytes().to_vec()),
         ),
         uuid: *running.uuid.as_bytes(),
-        console: {
-            // The record keeps the newest line first. Reversed in place and
-            // mapped in place: the console is not copied.
-            console.reverse();
-            console
-                .into_iter()
-                .map(|l| ConsoleLine {
-                    delta_ns: l.delta_ns,
-                    data: l.data,
-                })
-                .collect()
-        },
+        // Streamed from the console's spool.
+        console: Vec::new(),
         started: started.to_datetime(),
         finished: finished.to_datetime(),
         time_forms: TimeForms::default(),
@@ -697,16 +704,23 @@ pub(crate) async fn store_result(
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
+    let mut console_files = spooled.console.take();
     let (result, indexed) = tokio::task::spawn_blocking(move || {
         let written = store::write_full(
             &blocking.job_dirs,
             &build_dir,
             &head,
+            console(&mut console_files),
             &artifacts,
-            spool_dir.as_deref(),
         );
         result.path = match written {
-            Ok(path) => Some(path),
+            Ok(path) => {
+                if let Some(spool) = &spool_dir {
+                    store::remove_spool(spool);
+                }
+                spooled.discard();
+                Some(path)
+            }
             Err(e) => {
                 // The artifacts' room is given back before the second try.
                 if let Some(spool) = &spool_dir {
@@ -717,7 +731,15 @@ pub(crate) async fn store_result(
                 tracing::error!(job = ?result.job, uuid = %result.uuid, ?reason, "build recorded as aborted");
                 result.outcome = JobOutcome::Aborted(reason);
                 head.result = ExecResult::from(&result.outcome);
-                match store::write_full(&blocking.job_dirs, &build_dir, &head, &[], None) {
+                let written = store::write_full(
+                    &blocking.job_dirs,
+                    &build_dir,
+                    &head,
+                    console(&mut console_files),
+                    &[],
+                );
+                spooled.discard();
+                match written {
                     Ok(path) => Some(path),
                     Err(e) => {
                         tracing::error!(job = ?result.job, uuid = %result.uuid, error = ?e.abort_reason("cannot store the aborted build"), "build indexed without a record");
@@ -742,6 +764,12 @@ pub(crate) async fn store_result(
         Err(e) => return Err(e.into()),
     }
     Ok(outcome)
+}
+
+fn console(files: &mut Option<ConsoleFiles>) -> Option<&mut dyn protocol::record::ConsoleSource> {
+    files
+        .as_mut()
+        .map(|c| c as &mut dyn protocol::record::ConsoleSource)
 }
 
 /// Indexes a finished build (blocking) and wakes the uploader.
@@ -821,8 +849,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
                 r.assigned,
                 Timestamp::now(),
                 outcome,
-                Vec::new(),
-                (None, Vec::new()),
+                Spooled::none(),
             )
             .await?;
         }

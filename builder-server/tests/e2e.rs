@@ -660,3 +660,71 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Bytes of the files in `dir` (none if it is not there).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries.map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    })
+}
+
+#[test]
+fn a_running_builds_console_lives_in_its_spool_and_a_late_observer_gets_it_all() {
+    let (tmp, server) = setup();
+    let go = tmp.path().join("go");
+    // 100 000 lines of 100 bytes (10 MB) before the pause: ten times what
+    // the server keeps in memory of a console.
+    let body = format!(
+        "#!/bin/sh\nyes 012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678 | head -n 100000\nwhile [ ! -e {go} ]; do sleep 0.02; done\necho after\n",
+        go = go.display()
+    );
+    let path = script(tmp.path(), "loud.sh", &body);
+    server.client_ok(&[
+        "schedule",
+        "loud",
+        "linux",
+        path.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let uuid = wait_for("the build to run", || {
+        server.info().running.first().map(|r| r.uuid)
+    });
+    let build_dir = server.dir.join("loud").join(uuid.to_string());
+    let spool = build_dir.join("console.1.partial");
+    // Each line takes 105 bytes in the spool (as in the record).
+    wait_for("the console in its spool", || {
+        (dir_bytes(&spool) >= 100_000 * 105).then_some(())
+    });
+
+    // A late observer: the first lines left the server's memory long ago.
+    let observer = std::process::Command::new(bin("builder-client"))
+        .args(["-r", &server.addr, "observe", &uuid.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = observer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let shown: Vec<&str> = stdout.lines().collect();
+    let yes = shown.iter().filter(|l| l.starts_with("0123456789")).count();
+    assert_eq!(yes, 100_000, "every early line, from the spool");
+    assert!(shown.contains(&"after"), "and the live one");
+    assert!(!stdout.contains("dropped"), "nothing skipped");
+
+    let exec = server.wait_records("loud", 1).remove(0);
+    assert_eq!(exec.console.len(), 100_001);
+    // The record is written: its spools are gone.
+    let left: Vec<String> = std::fs::read_dir(&build_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["full"]);
+}

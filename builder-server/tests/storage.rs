@@ -449,6 +449,15 @@ fn a_lost_build_leaves_no_empty_folder_behind() {
                 other => panic!("{other:?}"),
             }
         };
+        conn.send(&WorkerMessage::Console {
+            uuid: job.uuid,
+            lines: vec![protocol::message::OutputLine {
+                delta_ns: 1,
+                data: b"half way".to_vec(),
+            }],
+        })
+        .await
+        .unwrap();
         conn.send(&WorkerMessage::ArtifactStart {
             uuid: job.uuid,
             path: b"out".to_vec(),
@@ -462,9 +471,13 @@ fn a_lost_build_leaves_no_empty_folder_behind() {
         })
         .await
         .unwrap();
-        // Spooled before the connection goes.
-        let spool = state.join("dropped").join(job.uuid.to_string());
-        wait_for("the artifact spool", || spool.exists().then_some(()));
+        // Spooled before the connection goes: console and artifact.
+        let build = state.join("dropped").join(job.uuid.to_string());
+        wait_for("the spools", || {
+            (build.join("console.1.partial").join("0").exists()
+                && build.join("artifacts.partial").join("0").exists())
+            .then_some(())
+        });
         job.uuid
     });
     // Requeued at the front, and its folder is gone.

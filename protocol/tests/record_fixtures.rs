@@ -10,8 +10,9 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use protocol::record::{
-    read_record, write_record, Artifact, ConsoleLine, Exec, ExecResult, FileArtifact, RecordError,
-    RecordHead, ScriptJob, TimeForms,
+    console_line_len, encode_console_line, read_record, write_record, write_record_from_spools,
+    Artifact, ConsoleLine, ConsoleSource, Exec, ExecResult, FileArtifact, RecordError, RecordHead,
+    ScriptJob, TimeForms,
 };
 use sha2::{Digest, Sha256};
 
@@ -210,6 +211,99 @@ fn artifacts_on_disk(exec: &Exec, dir: &Path) -> Vec<FileArtifact> {
             }
         })
         .collect()
+}
+
+/// A console spooled as the server spools it: lines encoded one after the
+/// other, oldest first, in a file, written back newest first.
+struct SpooledConsole {
+    file: File,
+    /// Each line's offset and length in the file.
+    lines: Vec<(u64, u64)>,
+}
+
+impl SpooledConsole {
+    fn new(dir: &Path, newest_first: &[ConsoleLine]) -> SpooledConsole {
+        let path = dir.join("console");
+        let mut out = File::create(&path).unwrap();
+        let mut lines = Vec::new();
+        let mut offset = 0;
+        for line in newest_first.iter().rev() {
+            encode_console_line(line.delta_ns, &line.data, &mut out).unwrap();
+            let len = console_line_len(line.delta_ns, line.data.len());
+            lines.push((offset, len));
+            offset += len;
+        }
+        assert_eq!(out.metadata().unwrap().len(), offset);
+        SpooledConsole {
+            file: File::open(&path).unwrap(),
+            lines,
+        }
+    }
+}
+
+impl ConsoleSource for SpooledConsole {
+    fn encoded_len(&self) -> u64 {
+        self.lines.iter().map(|(_, len)| len).sum()
+    }
+
+    fn write_newest_first(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        for &(offset, len) in self.lines.iter().rev() {
+            let mut buf = vec![0; len as usize];
+            self.file.read_exact_at(&mut buf, offset)?;
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_record_written_from_spools_is_byte_identical_for_every_vector() {
+    let mut checked = 0;
+    for vector in all_vectors() {
+        let Ok(exec) = Exec::decode(&vector.der) else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files = artifacts_on_disk(&exec, dir.path());
+        let (mut head, _) = exec.clone().into_parts();
+        let mut console = SpooledConsole::new(dir.path(), &head.console);
+        head.console = Vec::new();
+        let mut out = Vec::new();
+        let written = write_record_from_spools(&mut out, &head, &mut console, &files).unwrap();
+        assert!(
+            out == exec.encode(),
+            "{}: bytes written from spools differ from encode",
+            vector.name
+        );
+        assert_eq!(written, out.len() as u64, "{}", vector.name);
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} vectors checked");
+}
+
+#[test]
+fn a_console_source_that_writes_other_than_it_announced_fails_the_record() {
+    struct Liar;
+    impl ConsoleSource for Liar {
+        fn encoded_len(&self) -> u64 {
+            10
+        }
+        fn write_newest_first(&mut self, out: &mut dyn Write) -> io::Result<()> {
+            encode_console_line(1, b"ab", out)
+        }
+    }
+    let head = RecordHead {
+        job: ScriptJob::new(b"j", b"true", None),
+        uuid: [1; 16],
+        console: Vec::new(),
+        started: chrono::DateTime::UNIX_EPOCH,
+        finished: chrono::DateTime::UNIX_EPOCH,
+        time_forms: TimeForms::default(),
+        result: ExecResult::Exited(0),
+    };
+    let e = write_record_from_spools(&mut Vec::new(), &head, &mut Liar, &[]).unwrap_err();
+    assert!(e.to_string().contains("10 were announced"), "{e}");
 }
 
 #[test]

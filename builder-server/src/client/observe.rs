@@ -1,8 +1,10 @@
 //! `observe UUID`, `observe-latest`: the console so far, then live lines,
 //! then the result. A finished build is replayed from its record.
 //!
-//! An observer never slows a build: it follows a bounded channel and, when
-//! it falls behind, skips lines and is told how many ([`ServerToClient::Dropped`]).
+//! An observer never slows a build: it pulls the lines it has not sent yet,
+//! from memory or from the console's spool when it is behind (see
+//! [`crate::live`]); it skips only lines the console limit dropped, and is
+//! told how many ([`ServerToClient::Dropped`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,9 +15,11 @@ use protocol::codec::Connection;
 use protocol::message::{BuildHeader, JobOutcome, OutputLine, ServerToClient, Timestamp};
 use protocol::record;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::live::{LiveBuild, LiveEvent, Requeue, Subscription};
+use crate::live::{LiveBuild, Next, Requeue};
+use crate::spool::{self, SpoolRead};
 use crate::state::Shared;
 
 /// Where an observer's messages go: this project's client connection, or
@@ -224,106 +228,108 @@ async fn follow(
     live: &LiveBuild,
     header_sent: bool,
 ) -> anyhow::Result<Followed> {
-    let mut sub = live.subscribe();
-    if let Some(requeue) = sub.requeued.take() {
-        return Ok(Followed::Requeued(requeue));
-    }
-    let mut next = 0u64;
+    let mut changes = live.watch();
+    let header = live.header();
     let mut started = header_sent;
-    if !sub.taken {
-        if !header_sent {
-            conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
-                .await?;
-        }
-        started = true;
-        while next < sub.backlog {
-            let lines = live.lines(next, (next + BATCH).min(sub.backlog));
-            if lines.is_empty() {
-                // The build ended and its console moved into the record.
-                break;
-            }
-            next += lines.len() as u64;
-            conn.send(&ServerToClient::Console(lines)).await?;
-        }
-    }
-    if next < sub.backlog || sub.taken {
-        return from_record(shared, conn, &mut sub, next, started).await;
-    }
-    if let Some((finished, outcome)) = sub.end {
-        conn.send(&ServerToClient::ObserveEnd { finished, outcome })
-            .await?;
-        return Ok(Followed::Over);
-    }
+    let mut next = 0u64;
     loop {
-        let event = tokio::select! {
-            event = sub.events.recv() => event,
-            _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
-        };
-        match event {
-            Ok(LiveEvent::Lines { first, lines }) => {
-                let end = first + lines.len() as u64;
-                if end <= next {
+        // Seen before looking: a change after the look wakes the wait.
+        changes.mark_unchanged();
+        let step = live.next(next, BATCH as usize);
+        match step {
+            Next::Requeued(requeue) => return Ok(Followed::Requeued(requeue)),
+            Next::Taken => {
+                return from_record(shared, conn, live, &mut changes, &header, next, started).await
+            }
+            _ if !started => {
+                conn.send(&ServerToClient::ObserveStart(header.clone()))
+                    .await?;
+                started = true;
+            }
+            Next::Lines(lines) => {
+                next += lines.len() as u64;
+                conn.send(&ServerToClient::Console(lines)).await?;
+            }
+            Next::Spool { recent } => {
+                let map = live.spool().clone();
+                let read =
+                    tokio::task::spawn_blocking(move || spool::read_lines(&map, next, BATCH))
+                        .await
+                        .context("console spool reader panicked")?;
+                let found = match read {
+                    Ok(SpoolRead::Lines(lines)) if !lines.is_empty() => {
+                        next += lines.len() as u64;
+                        conn.send(&ServerToClient::Console(lines)).await?;
+                        continue;
+                    }
+                    Ok(SpoolRead::Lines(_)) => None,
+                    Ok(SpoolRead::Missing(found)) => found,
+                    Err(e) => {
+                        tracing::warn!(uuid = %header.uuid, error = ?e.to_string(), "cannot read the console spool for an observer");
+                        None
+                    }
+                };
+                // The record may have taken the spool meanwhile.
+                if matches!(live.next(next, 0), Next::Taken) {
                     continue;
                 }
-                if first > next {
-                    shared.metrics.lines_dropped(first - next);
-                    conn.send(&ServerToClient::Dropped {
-                        lines: first - next,
-                    })
-                    .await?;
-                    next = first;
+                // Dropped by the console limit: the observer is told.
+                let to = found.unwrap_or(recent).max(next);
+                if to > next {
+                    shared.metrics.lines_dropped(to - next);
+                    conn.send(&ServerToClient::Dropped { lines: to - next })
+                        .await?;
+                    next = to;
                 }
-                let fresh = lines[(next - first) as usize..].to_vec();
-                next = end;
-                conn.send(&ServerToClient::Console(fresh)).await?;
             }
-            Ok(LiveEvent::End { finished, outcome }) => {
-                let total = live.line_count();
-                if total > next {
-                    shared.metrics.lines_dropped(total - next);
-                    conn.send(&ServerToClient::Dropped {
-                        lines: total - next,
-                    })
-                    .await?;
+            Next::Wait => {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            anyhow::bail!("build {} vanished", header.uuid);
+                        }
+                    }
+                    _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
                 }
+            }
+            Next::End(finished, outcome) => {
                 conn.send(&ServerToClient::ObserveEnd { finished, outcome })
                     .await?;
                 return Ok(Followed::Over);
             }
-            Ok(LiveEvent::Requeued(requeue)) => return Ok(Followed::Requeued(requeue)),
-            // Skipped batches show up as a gap in the next one's index.
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => anyhow::bail!("build {} vanished", sub.header.uuid),
         }
     }
 }
 
 /// The build is over and its console is being written into its record:
 /// waits for the end, then replays the record from line `from` on (the
-/// lines before were sent from memory).
+/// lines before were sent already).
 async fn from_record(
     shared: &Arc<Shared>,
     conn: &mut impl ObserveSink,
-    sub: &mut Subscription,
+    live: &LiveBuild,
+    changes: &mut watch::Receiver<u64>,
+    header: &BuildHeader,
     from: u64,
     started: bool,
 ) -> anyhow::Result<Followed> {
-    let uuid = sub.header.uuid;
-    let (finished, outcome) = match sub.end.clone() {
-        Some(end) => end,
-        None => loop {
-            let event = tokio::select! {
-                event = sub.events.recv() => event,
-                _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
-            };
-            match event {
-                Ok(LiveEvent::End { finished, outcome }) => break (finished, outcome),
-                // The record could not be stored; the build was requeued.
-                Ok(LiveEvent::Requeued(requeue)) => return Ok(Followed::Requeued(requeue)),
-                Ok(LiveEvent::Lines { .. }) | Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => anyhow::bail!("build {uuid} vanished"),
+    let uuid = header.uuid;
+    let (finished, outcome) = loop {
+        changes.mark_unchanged();
+        match live.next(u64::MAX, 0) {
+            Next::End(finished, outcome) => break (finished, outcome),
+            // The record could not be stored; the build was requeued.
+            Next::Requeued(requeue) => return Ok(Followed::Requeued(requeue)),
+            _ => {}
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("build {uuid} vanished");
+                }
             }
-        },
+            _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
+        }
     };
     match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
         Some(path) => replay(conn, uuid, path, from, !started)
@@ -332,7 +338,7 @@ async fn from_record(
         // No record (the disk refused it): the end says why.
         None => {
             if !started {
-                conn.send(&ServerToClient::ObserveStart(sub.header.clone()))
+                conn.send(&ServerToClient::ObserveStart(header.clone()))
                     .await?;
             }
             conn.send(&ServerToClient::ObserveEnd { finished, outcome })
@@ -437,6 +443,7 @@ async fn unreadable(
 mod tests {
     use super::*;
     use crate::db::{Db, QueuedJob, Running};
+    use crate::spool::{BuildSpool, SharedMap};
     use crate::Config;
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
@@ -453,9 +460,17 @@ mod tests {
         shared: Arc<Shared>,
         running: Running,
         live: Arc<LiveBuild>,
+        spool: Option<BuildSpool>,
     }
 
-    fn setup(lines: usize) -> Setup {
+    /// Lines for observers, and for the spool.
+    async fn push(setup: &mut Setup, lines: Vec<OutputLine>) {
+        let batch = setup.live.push(lines).unwrap();
+        let spool = setup.spool.as_mut().unwrap();
+        spool.console(batch).await.unwrap();
+    }
+
+    async fn setup(lines: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("state.db")).unwrap();
         let config = Config::new(dir.path().to_owned());
@@ -472,6 +487,7 @@ mod tests {
             assigned: Timestamp(1_000_000_000),
             worker: "w".into(),
         };
+        let map = SharedMap::default();
         let live = LiveBuild::new(
             BuildHeader {
                 uuid: running.uuid,
@@ -479,16 +495,22 @@ mod tests {
                 platform: "p".into(),
                 started: running.assigned,
             },
-            usize::MAX,
+            map.clone(),
         );
-        live.push((0..lines).map(line).collect());
+        let build_dir = crate::store::build_dir(dir.path(), "job", running.uuid);
+        let spool = BuildSpool::start(&build_dir, 1, usize::MAX, map);
         shared.live.insert(running.uuid, live.clone());
-        Setup {
+        let mut setup = Setup {
             _dir: dir,
             shared,
             running,
             live,
+            spool: Some(spool),
+        };
+        if lines > 0 {
+            push(&mut setup, (0..lines).map(line).collect()).await;
         }
+        setup
     }
 
     /// Runs `serve` on the server's end of a real connection; returns the
@@ -522,16 +544,16 @@ mod tests {
         client
     }
 
-    /// Writes the build's record with `console` and indexes it.
-    async fn store(setup: &Setup, console: Vec<OutputLine>, end: Timestamp, outcome: JobOutcome) {
+    /// Writes the build's record from its spool and indexes it.
+    async fn store(setup: &mut Setup, end: Timestamp, outcome: JobOutcome) {
+        let spooled = setup.spool.take().unwrap().finish().await;
         crate::worker::store_result(
             &setup.shared,
             &setup.running,
             setup.running.assigned,
             end,
             outcome,
-            console,
-            (None, Vec::new()),
+            spooled,
         )
         .await
         .unwrap();
@@ -556,12 +578,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_observer_arriving_while_the_record_is_written_gets_it_all() {
-        let setup = setup(3000);
-        // The worker is done: the console moves into the record.
-        let console = setup.live.take_console();
+        let mut setup = setup(3000).await;
+        // The worker is done: the console goes into the record.
+        setup.live.take_console();
         let mut client = observer(&setup).await;
         let end = Timestamp(2_000_000_000);
-        store(&setup, console, end, JobOutcome::Exited(3)).await;
+        store(&mut setup, end, JobOutcome::Exited(3)).await;
         setup.live.finish(end, JobOutcome::Exited(3));
         let (console, outcome) = received(&mut client).await;
         assert_eq!(console, (0..3000).map(line).collect::<Vec<_>>());
@@ -572,15 +594,9 @@ mod tests {
     async fn a_record_is_replayed_oldest_first_from_any_line() {
         // 2.5 pieces of BATCH lines: the pieces are read from the last.
         let lines = BATCH as usize * 2 + BATCH as usize / 2;
-        let setup = setup(lines);
-        let console = setup.live.take_console();
-        store(
-            &setup,
-            console,
-            Timestamp(2_000_000_000),
-            JobOutcome::Exited(0),
-        )
-        .await;
+        let mut setup = setup(lines).await;
+        setup.live.take_console();
+        store(&mut setup, Timestamp(2_000_000_000), JobOutcome::Exited(0)).await;
         let path = setup
             .shared
             .db
@@ -617,8 +633,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_observer_of_a_build_that_could_not_be_stored_gets_its_end() {
-        let setup = setup(10);
-        drop(setup.live.take_console());
+        let setup = setup(10).await;
+        setup.live.take_console();
         let mut client = observer(&setup).await;
         let outcome = JobOutcome::Aborted("worker lost (disk full); requeued".into());
         setup.live.finish(Timestamp(5), outcome.clone());
@@ -627,7 +643,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_observer_of_a_running_build_gets_the_backlog_then_live_lines() {
-        let setup = setup(2500);
+        let mut setup = setup(2500).await;
         let mut client = observer(&setup).await;
         // Poll until the observer has subscribed, then add live lines.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -638,10 +654,51 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        setup.live.push((2500..2600).map(line).collect());
+        push(&mut setup, (2500..2600).map(line).collect()).await;
         setup.live.finish(Timestamp(5), JobOutcome::Exited(0));
         let (console, outcome) = received(&mut client).await;
         assert_eq!(console, (0..2600).map(line).collect::<Vec<_>>());
+        assert_eq!(outcome, JobOutcome::Exited(0));
+    }
+
+    #[tokio::test]
+    async fn a_late_observer_gets_the_early_lines_from_the_spool() {
+        let mut setup = setup(0).await;
+        let big = |i: usize| OutputLine {
+            delta_ns: i as i64,
+            data: format!("{i:0999}").into_bytes(),
+        };
+        // Three times what memory keeps: the first lines are only on disk.
+        let n = 3 * crate::live::RECENT_BYTES / 1000;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            push(&mut setup, chunk.iter().copied().map(big).collect()).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut i = n;
+        while !matches!(setup.live.next(0, 1), crate::live::Next::Spool { .. }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first lines never left memory"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            // Memory is trimmed as lines come.
+            push(&mut setup, vec![big(i)]).await;
+            i += 1;
+        }
+        let mut client = observer(&setup).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while setup.live.observers() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "observer never subscribed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        push(&mut setup, vec![big(i)]).await;
+        setup.live.finish(Timestamp(5), JobOutcome::Exited(0));
+        let (console, outcome) = received(&mut client).await;
+        assert_eq!(console.len(), i + 1);
+        assert!(console == (0..=i).map(big).collect::<Vec<_>>());
         assert_eq!(outcome, JobOutcome::Exited(0));
     }
 }

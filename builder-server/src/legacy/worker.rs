@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::codec::Connection;
-use protocol::legacy::{Artifact, Command, ScriptJob};
+use protocol::legacy::{Command, ScriptJob};
 use protocol::message::{BuildHeader, JobOutcome, OutputLine, Timestamp};
 use protocol::Chain;
 use tokio::time::Instant;
@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use super::{recv, send};
 use crate::db::Running;
 use crate::live::LiveBuild;
+use crate::spool::{BuildSpool, SharedMap};
 use crate::state::Shared;
-use crate::store::{self, ArtifactSpool};
+use crate::store;
 use crate::templates::valid_platform;
 use crate::worker::{build_lost, claim, end_build};
 
@@ -120,6 +121,9 @@ enum Interrupted {
     Ended(String),
     /// The server is stopping: left marked running for the next start.
     Shutdown,
+    /// The build's writer stopped at an error, which it gives when it is
+    /// finished.
+    Spool,
 }
 
 async fn run_build(
@@ -133,6 +137,7 @@ async fn run_build(
     let job = &running.job;
     tracing::info!(job = %job.job, %uuid, platform = %job.platform, worker = name, "build started");
     let started = running.assigned;
+    let map = SharedMap::default();
     let live = LiveBuild::new(
         BuildHeader {
             uuid,
@@ -140,8 +145,10 @@ async fn run_build(
             platform: job.platform.clone(),
             started,
         },
-        shared.config.max_console,
+        map.clone(),
     );
+    let build_dir = store::build_dir(&shared.config.dir, &running.job.job, uuid);
+    let mut spool = BuildSpool::start(&build_dir, job.lost + 1, shared.config.max_console, map);
     shared.live.insert(uuid, live.clone());
     let mut cancel = shared.workers.set_running(id, Some(uuid));
     let timeout = Duration::from_secs(job.timeout_secs);
@@ -154,7 +161,7 @@ async fn run_build(
             Some(job.platform.as_bytes().to_vec()),
         ),
     };
-    let end = match send(conn, &schedule).await {
+    let mut end = match send(conn, &schedule).await {
         Err(e) => Err(Interrupted::Lost(format!("cannot send the job: {e:#}"))),
         Ok(()) => loop {
             tokio::select! {
@@ -162,11 +169,19 @@ async fn run_build(
                     Ok(Some(Command::Output { uuid: u, output })) => {
                         warn_uuid(uuid, u);
                         let delta_ns = Timestamp::now().0.saturating_sub(started.0);
-                        live.push(vec![OutputLine { delta_ns, data: output }]);
+                        if let Some(batch) = live.push(vec![OutputLine { delta_ns, data: output }]) {
+                            if spool.console(batch).await.is_err() {
+                                break Err(Interrupted::Spool);
+                            }
+                        }
                     }
                     Ok(Some(Command::OutputTimestamped { uuid: u, timestamp, output })) => {
                         warn_uuid(uuid, u);
-                        live.push(vec![OutputLine { delta_ns: timestamp, data: output }]);
+                        if let Some(batch) = live.push(vec![OutputLine { delta_ns: timestamp, data: output }]) {
+                            if spool.console(batch).await.is_err() {
+                                break Err(Interrupted::Spool);
+                            }
+                        }
                     }
                     Ok(Some(Command::JobFinished { uuid: u, result, data })) => {
                         warn_uuid(uuid, u);
@@ -185,54 +200,61 @@ async fn run_build(
         },
     };
     shared.workers.set_running(id, None);
-    let (result, data) = match end {
-        Ok(end) => end,
-        Err(Interrupted::Shutdown) => {
-            shared.live.remove(uuid, &live);
-            return Ok(());
+    if let Err(Interrupted::Shutdown) = end {
+        shared.live.remove(uuid, &live);
+        return Ok(());
+    }
+    let finished = Timestamp::now();
+    // The inline artifacts go through the same writer as a new worker's
+    // streamed ones.
+    if let Ok((_, data)) = &mut end {
+        for artifact in std::mem::take(data) {
+            let len = artifact.data.len() as u64;
+            if spool.artifact_start(artifact.path, len).await.is_err()
+                || spool.artifact_chunk(artifact.data).await.is_err()
+            {
+                break;
+            }
         }
-        Err(Interrupted::Lost(reason)) => return build_lost(shared, running, &live, &reason).await,
+    }
+    let mut spooled = spool.finish().await;
+    let failed = spooled.error.take();
+    let result = match end {
+        Ok((result, _)) => Some(result),
+        Err(Interrupted::Shutdown) => unreachable!("handled above"),
+        Err(Interrupted::Lost(reason)) => {
+            spooled.drop_artifacts().await;
+            return build_lost(shared, running, &live, &reason, spooled).await;
+        }
         Err(Interrupted::Ended(reason)) => {
             tracing::warn!(job = %running.job.job, %uuid, %reason, "build of a reference worker ended; closing its connection");
+            spooled.drop_artifacts().await;
             let outcome = JobOutcome::Aborted(reason);
-            end_build(
-                shared,
-                &running,
-                &live,
-                started,
-                Timestamp::now(),
-                outcome,
-                (None, Vec::new()),
-            )
-            .await?;
+            end_build(shared, &running, &live, started, finished, outcome, spooled).await?;
             return Ok(());
         }
+        // The writer's error follows.
+        Err(Interrupted::Spool) => None,
     };
-    let finished = Timestamp::now();
-    let build_dir = store::build_dir(&shared.config.dir, &running.job.job, uuid);
-    let spooled = {
-        let dir = build_dir.clone();
-        tokio::task::spawn_blocking(move || spool(&dir, data))
-            .await
-            .map_err(|e| anyhow::anyhow!("artifact spool panicked: {e}"))?
-    };
-    let (outcome, artifacts) = match spooled {
-        Ok(artifacts) => (JobOutcome::from(&result), (Some(artifacts.0), artifacts.1)),
-        Err(Spooled::Bad(reason)) => {
+    let outcome = match failed {
+        None => match result {
+            Some(result) => JobOutcome::from(&result),
+            None => JobOutcome::Aborted("the spool's writer stopped".into()),
+        },
+        Some(e) if e.error.is_protocol() => {
             // The worker's result does not hold together: as if it was lost.
-            store::remove_incomplete(&build_dir);
-            return build_lost(shared, running, &live, &reason).await;
+            spooled.drop_artifacts().await;
+            let reason = Chain(&e.error).to_string();
+            return build_lost(shared, running, &live, &reason, spooled).await;
         }
-        Err(Spooled::Storage(reason)) => {
+        Some(e) => {
+            let reason = e.error.abort_reason(e.what);
             tracing::error!(job = %running.job.job, %uuid, %reason, "cannot store the build; recorded as aborted");
-            store::remove_incomplete(&build_dir);
-            (JobOutcome::Aborted(reason), (None, Vec::new()))
+            spooled.drop_artifacts().await;
+            JobOutcome::Aborted(reason)
         }
     };
-    let outcome = end_build(
-        shared, &running, &live, started, finished, outcome, artifacts,
-    )
-    .await?;
+    let outcome = end_build(shared, &running, &live, started, finished, outcome, spooled).await?;
     tracing::info!(job = %running.job.job, %uuid, %outcome, "build finished");
     Ok(())
 }
@@ -242,34 +264,4 @@ fn warn_uuid(expected: uuid::Uuid, got: uuid::Uuid) {
         // The reference warns and goes on: the connection is one build's.
         tracing::warn!(uuid = %expected, got = %got, "reference worker sent another build's uuid");
     }
-}
-
-enum Spooled {
-    /// The worker's fault (e.g. an artifact path with `..`).
-    Bad(String),
-    /// The server's: it cannot write.
-    Storage(String),
-}
-
-/// Writes the inline artifacts through the same spool as a new worker's
-/// streamed ones.
-fn spool(
-    build_dir: &std::path::Path,
-    data: Vec<Artifact>,
-) -> Result<(std::path::PathBuf, Vec<protocol::record::FileArtifact>), Spooled> {
-    let fail = |e: store::StoreError| {
-        if e.is_protocol() {
-            Spooled::Bad(Chain(&e).to_string())
-        } else {
-            Spooled::Storage(e.abort_reason("cannot spool an artifact"))
-        }
-    };
-    let mut spool = ArtifactSpool::new(build_dir);
-    for artifact in data {
-        spool
-            .start(artifact.path, artifact.data.len() as u64)
-            .map_err(fail)?;
-        spool.chunk(&artifact.data).map_err(fail)?;
-    }
-    spool.finish().map_err(fail)
 }

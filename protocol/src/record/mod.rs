@@ -61,7 +61,10 @@ pub use read::{
     index_record, read_console_lines, read_record, read_record_with_limit, ConsoleIndex,
     DEFAULT_HEAD_LIMIT,
 };
-pub use write::{record_len, write_record, FileArtifact};
+pub use write::{
+    console_line_len, encode_console_line, record_len, write_record, write_record_from_spools,
+    ConsoleSource, FileArtifact,
+};
 
 /// The platform the reference reports for a record whose job has none.
 pub const NO_PLATFORM: &[u8] = b"no-platform";

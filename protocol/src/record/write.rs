@@ -1,7 +1,13 @@
 //! Lays the record out: one walk over the schema that computes every length up
 //! front and emits headers and contents to a [`Sink`]. [`Exec::encode`] emits
 //! into a `Vec`; [`write_record`] into a writer, copying artifact bodies from
-//! files with a bounded buffer.
+//! files; [`write_record_from_spools`] takes the console from a
+//! [`ConsoleSource`] (the server's console spool) instead of the head.
+//!
+//! Artifact bodies go with [`io::copy`] from the file to the output, the
+//! output's buffer flushed first: between two files on Linux that is
+//! `copy_file_range`, so the kernel copies (and XFS or btrfs may share the
+//! extents) instead of a trip through user space.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -11,8 +17,48 @@ use super::der::{self, header, int_content, time_content, tlv_len, Node, Small};
 use super::{Artifact, ConsoleLine, Exec, ExecResult, RecordHead, ScriptJob, TimeForms};
 use chrono::{DateTime, Utc};
 
-/// Size of the buffer [`write_record`] copies artifact files through.
+/// Size of the buffer [`write_record`] writes headers and console through.
 const COPY_BUFFER: usize = 64 * 1024;
+
+/// A record's console kept outside its [`RecordHead`]: the server spools a
+/// running build's console to files and streams it into the record from
+/// there, never holding it whole in memory.
+pub trait ConsoleSource {
+    /// Bytes the console's lines take in the record: the sum of
+    /// [`console_line_len`] over them.
+    fn encoded_len(&self) -> u64;
+    /// Writes every line, **newest first**, each as
+    /// [`encode_console_line`] encodes it; exactly
+    /// [`encoded_len`](ConsoleSource::encoded_len) bytes.
+    fn write_newest_first(&mut self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// Bytes one console line takes in a record.
+pub fn console_line_len(delta_ns: i64, data_len: usize) -> u64 {
+    tlv_len(raw_line_len(delta_ns, data_len as u64))
+}
+
+/// Writes one console line as a record holds it:
+/// `SEQUENCE { delta INTEGER, data UTF8String }`.
+pub fn encode_console_line<W: Write + ?Sized>(
+    delta_ns: i64,
+    data: &[u8],
+    out: &mut W,
+) -> io::Result<()> {
+    out.write_all(&header(
+        der::SEQUENCE,
+        raw_line_len(delta_ns, data.len() as u64),
+    ))?;
+    let content = int_content(delta_ns);
+    out.write_all(&header(der::INTEGER, content.len_u64()))?;
+    out.write_all(&content)?;
+    out.write_all(&header(der::UTF8_STRING, data.len() as u64))?;
+    out.write_all(data)
+}
+
+fn raw_line_len(delta_ns: i64, data_len: u64) -> u64 {
+    tlv_len(int_content(delta_ns).len_u64()) + tlv_len(data_len)
+}
 
 /// An artifact waiting on disk: the server keeps artifacts in files while a
 /// job runs and streams them into the record when it finishes.
@@ -47,15 +93,46 @@ pub fn write_record<W: Write>(
     head: &RecordHead,
     artifacts: &[FileArtifact],
 ) -> io::Result<u64> {
+    write_to(out, head, None, artifacts)
+}
+
+/// Writes the record made of `head`, the console of `console` and the
+/// artifacts in `artifacts` to `out`: byte for byte what [`write_record`]
+/// writes when `head.console` holds the same lines (`head.console` itself
+/// is not written; leave it empty). Memory stays bounded whatever the
+/// console's and the artifacts' sizes.
+///
+/// # Errors
+///
+/// As [`write_record`], and an error when `console` writes other than
+/// the bytes it announced.
+pub fn write_record_from_spools<W: Write>(
+    out: &mut W,
+    head: &RecordHead,
+    console: &mut dyn ConsoleSource,
+    artifacts: &[FileArtifact],
+) -> io::Result<u64> {
+    write_to(out, head, Some(console), artifacts)
+}
+
+fn write_to<W: Write>(
+    out: &mut W,
+    head: &RecordHead,
+    console: Option<&mut dyn ConsoleSource>,
+    artifacts: &[FileArtifact],
+) -> io::Result<u64> {
     let metas: Vec<(&[u8], u64)> = artifacts
         .iter()
         .map(|a| (a.path.as_slice(), a.len))
         .collect();
-    let layout = Layout::new(HeadRef::from_head(head), &metas);
+    let mut layout = Layout::new(HeadRef::from_head(head), &metas);
+    if let Some(console) = &console {
+        layout.stream_console(console.encoded_len());
+    }
     let mut sink = FileSink {
         out: BufWriter::with_capacity(COPY_BUFFER, out),
         artifacts,
-        buf: vec![0; COPY_BUFFER],
+        console,
         written: 0,
     };
     let total = layout.emit(&mut sink)?;
@@ -106,6 +183,8 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// The content of artifact `index`, exactly `len` bytes.
     fn body(&mut self, index: usize, len: u64) -> io::Result<()>;
+    /// The console's lines from a [`ConsoleSource`], exactly `len` bytes.
+    fn console(&mut self, len: u64) -> io::Result<()>;
 }
 
 struct VecSink<'a> {
@@ -123,16 +202,38 @@ impl Sink for VecSink<'_> {
         self.out.extend_from_slice(&self.artifacts[index].data);
         Ok(())
     }
+
+    fn console(&mut self, _len: u64) -> io::Result<()> {
+        unreachable!("an in-memory record has its console in its head")
+    }
 }
 
-struct FileSink<'a, W: Write> {
+struct FileSink<'a, 'c, W: Write> {
     out: BufWriter<W>,
     artifacts: &'a [FileArtifact],
-    buf: Vec<u8>,
+    console: Option<&'c mut dyn ConsoleSource>,
     written: u64,
 }
 
-impl<W: Write> Sink for FileSink<'_, W> {
+/// Counts what goes through it.
+struct Counting<'a, W: Write> {
+    out: &'a mut W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Sink for FileSink<'_, '_, W> {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.written += bytes.len() as u64;
@@ -146,31 +247,20 @@ impl<W: Write> Sink for FileSink<'_, W> {
             io::Error::new(e.kind(), format!("{doing} artifact file {name}: {e}"))
         };
         let mut file = File::open(&artifact.file).map_err(|e| context(e, "opening"))?;
-        let mut left = len;
-        while left > 0 {
-            let want = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match file.read(&mut self.buf[..want]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "artifact file {name} has {} bytes, {len} were announced",
-                            len - left
-                        ),
-                    ))
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(context(e, "reading")),
-            };
-            self.out.write_all(&self.buf[..n])?;
-            self.written += n as u64;
-            left -= n as u64;
+        // `io::copy` flushes the buffer, then lets the kernel copy between
+        // the two files where it can (`copy_file_range` on Linux). Its
+        // errors are the output's or the input's: the kind is kept.
+        let copied = io::copy(&mut (&mut file).take(len), &mut self.out)?;
+        self.written += copied;
+        if copied < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("artifact file {name} has {copied} bytes, {len} were announced"),
+            ));
         }
+        let mut byte = [0; 1];
         loop {
-            match file.read(&mut self.buf[..1]) {
+            match file.read(&mut byte) {
                 Ok(0) => return Ok(()),
                 Ok(_) => {
                     return Err(io::Error::new(
@@ -182,6 +272,27 @@ impl<W: Write> Sink for FileSink<'_, W> {
                 Err(e) => return Err(context(e, "reading")),
             }
         }
+    }
+
+    fn console(&mut self, len: u64) -> io::Result<()> {
+        let source = self
+            .console
+            .as_mut()
+            .expect("a streamed console has a source");
+        let mut counting = Counting {
+            out: &mut self.out,
+            count: 0,
+        };
+        source.write_newest_first(&mut counting)?;
+        let count = counting.count;
+        self.written += count;
+        if count != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the console spool wrote {count} bytes, {len} were announced"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -234,6 +345,8 @@ struct Layout<'a> {
     result: Node<'a>,
     output: u64,
     record: u64,
+    /// The console comes from a [`ConsoleSource`], not the head.
+    streamed: bool,
 }
 
 /// Content length of `SEQUENCE { path UTF8String, data UTF8String }`.
@@ -243,7 +356,7 @@ fn pair_len(path: u64, data: u64) -> u64 {
 
 /// Content length of a console entry `SEQUENCE { delta INTEGER, data UTF8String }`.
 fn line_len(line: &ConsoleLine) -> u64 {
-    tlv_len(int_content(line.delta_ns).len_u64()) + tlv_len(line.data.len() as u64)
+    raw_line_len(line.delta_ns, line.data.len() as u64)
 }
 
 impl<'a> Layout<'a> {
@@ -275,7 +388,15 @@ impl<'a> Layout<'a> {
             result,
             output,
             record,
+            streamed: false,
         }
+    }
+
+    /// The console is `len` bytes streamed from a [`ConsoleSource`].
+    fn stream_console(&mut self, len: u64) {
+        self.record = self.record - tlv_len(self.console) + tlv_len(len);
+        self.console = len;
+        self.streamed = true;
     }
 
     /// The whole record's length: `[0] { SEQUENCE { ... } }`.
@@ -293,10 +414,14 @@ impl<'a> Layout<'a> {
         string(sink, head.uuid)?;
 
         sink.put(&header(der::SEQUENCE, self.console))?;
-        for line in head.console {
-            sink.put(&header(der::SEQUENCE, line_len(line)))?;
-            integer(sink, line.delta_ns)?;
-            string(sink, &line.data)?;
+        if self.streamed {
+            sink.console(self.console)?;
+        } else {
+            for line in head.console {
+                sink.put(&header(der::SEQUENCE, line_len(line)))?;
+                integer(sink, line.delta_ns)?;
+                string(sink, &line.data)?;
+            }
         }
 
         sink.put(&header(der::SEQUENCE, self.timestamps))?;
