@@ -45,13 +45,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
     // Only worth saying when there is an orb job that cannot run here.
-    if shared.db.has_orb_jobs().map_err(|e| shared.fatal(e))? {
+    if shared
+        .db
+        .has_orb_jobs()
+        .await
+        .map_err(|e| shared.fatal(e))?
+    {
         shared.templates.warn_missing(platform);
     }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
     shared
         .db
         .note_platform(platform, Timestamp::now())
+        .await
         .map_err(|e| shared.fatal(e))?;
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -165,6 +171,7 @@ impl Session<'_> {
                 .shared
                 .db
                 .is_dropped(self.platform)
+                .await
                 .map_err(|e| self.shared.fatal(e))?;
             if dropped {
                 let reason = format!("platform {} was dropped", self.platform);
@@ -522,17 +529,11 @@ pub(crate) async fn claim(
     if shared.draining.is_cancelled() {
         return Ok(Ok(None));
     }
-    let blocking = Arc::clone(shared);
-    let (platform, worker) = (platform.to_owned(), worker.to_owned());
-    // A commit: off the async threads.
-    let claimed = tokio::task::spawn_blocking(move || {
-        blocking
-            .db
-            .claim(&platform, &worker, Timestamp::now())
-            .map_err(|e| blocking.fatal(e))
-    })
-    .await
-    .context("job claim panicked")?;
+    let claimed = shared
+        .db
+        .claim(platform, worker, Timestamp::now())
+        .await
+        .map_err(|e| shared.fatal(e));
     match claimed {
         Ok(running) => Ok(Ok(running)),
         Err(e) if e.is_disk_full() => Ok(Err(Instant::now() + shared.config.heartbeat)),
@@ -550,7 +551,7 @@ pub(crate) async fn build_lost(
 ) -> anyhow::Result<()> {
     let uuid = running.uuid;
     let now = Timestamp::now();
-    let fate = match shared.db.worker_lost(uuid) {
+    let fate = match shared.db.worker_lost(uuid).await {
         Ok(fate) => fate,
         Err(e) => {
             // Still marked running: the next start requeues it.
@@ -695,7 +696,7 @@ pub(crate) async fn store_result(
     };
     // Both block on fsync: off the async threads, in one trip.
     let blocking = Arc::clone(shared);
-    let (result, indexed) = tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let written = store::write_full(
             &blocking.job_dirs,
             &build_dir,
@@ -725,11 +726,11 @@ pub(crate) async fn store_result(
                 }
             }
         };
-        let indexed = index(&blocking, &result);
-        (result, indexed)
+        result
     })
     .await
     .context("record writer panicked")?;
+    let indexed = index(shared, &result).await;
     let outcome = result.outcome.clone();
     shared
         .metrics
@@ -742,12 +743,13 @@ pub(crate) async fn store_result(
     Ok(outcome)
 }
 
-/// Indexes a finished build (blocking) and wakes the uploader.
-fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
+/// Indexes a finished build and wakes the uploader.
+async fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
     let upload = shared.config.upload.is_some();
     shared
         .db
         .finish(result, upload)
+        .await
         .map_err(|e| shared.fatal(e))?;
     if upload {
         shared.upload_wakeup.notify_one();
@@ -767,15 +769,14 @@ fn index_later(shared: &Arc<Shared>, result: NewResult) {
                 _ = tokio::time::sleep(INDEX_RETRY) => {}
                 _ = shared.shutdown.cancelled() => return,
             }
-            let (blocking, r) = (Arc::clone(&shared), Arc::clone(&result));
-            match tokio::task::spawn_blocking(move || index(&blocking, &r)).await {
-                Ok(Ok(())) => {
+            match index(&shared, &result).await {
+                Ok(()) => {
                     tracing::info!(job = ?result.job, uuid = %result.uuid, "build indexed now that there is room");
                     return;
                 }
-                Ok(Err(e)) if e.is_disk_full() => continue,
+                Err(e) if e.is_refused() => continue,
                 // Fatal: the server is stopping.
-                Ok(Err(_)) | Err(_) => return,
+                Err(_) => return,
             }
         }
     });
@@ -790,7 +791,7 @@ fn index_later(shared: &Arc<Shared>, result: NewResult) {
 /// stays marked running for the next start. Fails only for a broken
 /// database.
 pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    let running = shared.db.running()?;
+    let running = shared.db.running().await?;
     if !running.is_empty() {
         tracing::warn!(
             count = running.len(),
@@ -803,7 +804,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
             continue;
         }
         store::remove_incomplete(&build_dir);
-        let fate = match shared.db.worker_lost(r.uuid) {
+        let fate = match shared.db.worker_lost(r.uuid).await {
             Ok(fate) => fate,
             Err(e) if e.is_disk_full() => {
                 tracing::error!(job = ?r.job.job, uuid = %r.uuid, error = ?e.to_string(), "disk full: build left for the next start");
@@ -871,12 +872,7 @@ async fn index_stored(
         path: Some(path),
         attempts: running.job.lost + 1,
     };
-    let indexed = {
-        let (blocking, r) = (Arc::clone(shared), result.clone());
-        tokio::task::spawn_blocking(move || index(&blocking, &r))
-            .await
-            .context("indexer panicked")?
-    };
+    let indexed = index(shared, &result).await;
     match indexed {
         Ok(()) => {}
         Err(e) if e.is_disk_full() => {

@@ -365,8 +365,7 @@ fn an_old_layout_state_directory_is_moved_once() {
     let live = tmp.path().join("live");
     std::fs::create_dir_all(&live).unwrap();
     let db = builder_server::db::Db::open(&live.join("state.db")).unwrap();
-    db.enqueue("linux", "kept", "echo kept\n", 60, false)
-        .unwrap();
+    block(db.enqueue("linux", "kept", "echo kept\n", 60, false)).unwrap();
     let mut copied = 0;
     for name in ["state.db", "state.db-wal", "state.db-shm"] {
         if live.join(name).exists() {
@@ -484,13 +483,13 @@ fn start_up_does_not_depend_on_writing_a_record() {
     // A build that lost its worker twice and was running when the server
     // stopped: the next start records it as aborted.
     let db = builder_server::db::Db::open(&db_path).unwrap();
-    db.enqueue("linux", "poison", "true\n", 60, false).unwrap();
+    block(db.enqueue("linux", "poison", "true\n", 60, false)).unwrap();
     let now = protocol::message::Timestamp::now;
     for _ in 0..2 {
-        let r = db.claim("linux", "w", now()).unwrap().unwrap();
-        db.worker_lost(r.uuid).unwrap();
+        let r = block(db.claim("linux", "w", now())).unwrap().unwrap();
+        block(db.worker_lost(r.uuid)).unwrap();
     }
-    let running = db.claim("linux", "w", now()).unwrap().unwrap();
+    let running = block(db.claim("linux", "w", now())).unwrap().unwrap();
     drop(db);
     // ...and its record cannot be written.
     let _immutable = Immutable::new(&state.join("poison"));
