@@ -509,3 +509,31 @@ fn start_up_does_not_depend_on_writing_a_record() {
     let server = Server::start(&state, &[]);
     assert_eq!(results(&server, "poison").len(), 1);
 }
+
+#[test]
+fn a_state_database_it_cannot_write_stops_the_server_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let mut server = Server::start(&state, &[]);
+    schedule(&server, tmp.path(), "before", "true\n");
+    // Another process holds the write lock: not a full disk, so the server
+    // cannot keep its promise that what it acknowledges is durable.
+    let other = rusqlite::Connection::open(builder_server::layout::db_path(&state)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let file = script(tmp.path(), "after.sh", "true\n");
+    let out = server.client(&[
+        "schedule",
+        "after",
+        "linux",
+        file.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    assert!(!out.status.success(), "the change was refused");
+    let status = server.proc.wait_exit();
+    assert!(!status.success(), "the server exits non-zero: {status:?}");
+    let log = server.proc.log();
+    assert!(log.contains("cannot persist state"), "{log}");
+    assert!(log.contains("error: "), "{log}");
+    other.execute_batch("ROLLBACK").unwrap();
+}

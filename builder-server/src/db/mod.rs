@@ -310,43 +310,49 @@ impl Db {
 
     /// Runs `f` on the owner thread, in the next transaction, and answers
     /// once that transaction is durable. An error (or a panic) in `f` rolls
-    /// back `f`'s changes only.
-    pub async fn write<T: Send + 'static>(
+    /// back `f`'s changes only. The request is sent at once, before the
+    /// returned future is first polled: requests are run in call order.
+    pub fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SqlError> + Send + 'static,
-    ) -> Result<T, DbError> {
+    ) -> impl std::future::Future<Output = Result<T, DbError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
             reply,
         };
-        let gone = || DbError::OwnerGone {
-            path: self.inner.path.clone(),
-        };
-        let sent = self.requests.as_ref().map(|r| r.send(request).is_ok());
-        if sent != Some(true) {
-            return Err(gone());
+        let sent = self
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.send(request).is_ok());
+        let path = self.inner.path.clone();
+        async move {
+            let gone = || DbError::OwnerGone { path: path.clone() };
+            if !sent {
+                return Err(gone());
+            }
+            let value = wait(answer).await.map_err(|_| gone())??;
+            Ok(*value
+                .downcast::<T>()
+                .expect("the owner answers with the request's own type"))
         }
-        let value = wait(answer).await.map_err(|_| gone())??;
-        Ok(*value
-            .downcast::<T>()
-            .expect("the owner answers with the request's own type"))
     }
 
-    /// Runs `f` on a read-only connection on a blocking thread. It sees
-    /// every write already answered.
-    pub async fn read<T: Send + 'static>(
+    /// Runs `f` on a read-only connection on a blocking thread, started at
+    /// once. It sees every write already answered.
+    pub fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SqlError> + Send + 'static,
-    ) -> Result<T, DbError> {
+    ) -> impl std::future::Future<Output = Result<T, DbError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         let path = inner.path.clone();
-        tokio::task::spawn_blocking(move || inner.read(f))
-            .await
-            .map_err(|e| DbError::Panicked {
+        let reading = tokio::task::spawn_blocking(move || inner.read(f));
+        async move {
+            reading.await.map_err(|e| DbError::Panicked {
                 path,
                 what: e.to_string(),
             })?
+        }
     }
 }
 

@@ -276,3 +276,193 @@ async fn a_full_database_refuses_the_change_and_works_again_with_room() {
     assert!(db.insert_job(&big).await.unwrap());
     assert!(!corrupt("x").at(db.path()).is_disk_full());
 }
+
+/// Holds the owner thread inside a request until the returned sender is
+/// used (or dropped), so the requests sent meanwhile pile up in its channel.
+async fn hold_owner(db: &Db) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (started, is_started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = db.write(move |_| {
+        started.send(()).unwrap();
+        let _ = released.recv();
+        Ok(())
+    });
+    let held = tokio::spawn(async move { held.await.unwrap() });
+    tokio::task::spawn_blocking(move || is_started.recv().unwrap())
+        .await
+        .unwrap();
+    (release, held)
+}
+
+fn named(i: usize) -> ScheduleEntry {
+    script_job(&format!("job-{i:03}"), "linux")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits_and_are_durable_when_answered() {
+    let (dir, db) = db();
+    let (release, held) = hold_owner(&db).await;
+    let before = db.commits();
+    // Sent now, while a commit is in flight: they go together into the next.
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let entry = named(i);
+            db.write(move |c| jobs::insert_job(c, &entry))
+        })
+        .collect();
+    release.send(()).unwrap();
+    for added in futures_util::future::join_all(writes).await {
+        assert_eq!(added.unwrap(), 1);
+    }
+    held.await.unwrap();
+    let commits = db.commits() - before;
+    assert!(
+        commits <= 2,
+        "200 requests took {commits} commits (the held one and one more expected)"
+    );
+    // Answered means durable: another connection sees every one of them.
+    let other = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let n: i64 = other
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_panicking_request_rolls_back_alone() {
+    let (_dir, db) = db();
+    let (release, held) = hold_owner(&db).await;
+    let before = db.commits();
+    let first = named(1);
+    let ok_first = db.write(move |c| jobs::insert_job(c, &first));
+    let failing_entry = named(2);
+    let failing = db.write(move |c| {
+        jobs::insert_job(c, &failing_entry)?;
+        Err::<(), _>(corrupt("refused on purpose"))
+    });
+    let panicking_entry = named(3);
+    let panicking = db.write(move |c| {
+        jobs::insert_job(c, &panicking_entry)?;
+        panic!("a bug in one request");
+        #[allow(unreachable_code)]
+        Ok(())
+    });
+    let last = named(4);
+    let ok_last = db.write(move |c| jobs::insert_job(c, &last));
+    release.send(()).unwrap();
+    held.await.unwrap();
+    assert_eq!(ok_first.await.unwrap(), 1);
+    let e = failing.await.unwrap_err();
+    assert!(matches!(e, DbError::Corrupt { .. }), "{e}");
+    let e = panicking.await.unwrap_err();
+    assert!(matches!(e, DbError::Panicked { .. }), "{e}");
+    assert!(e.is_refused() && !e.is_disk_full());
+    assert_eq!(ok_last.await.unwrap(), 1);
+    assert_eq!(
+        db.commits() - before,
+        2,
+        "the held request's commit, then one for all four"
+    );
+    let names: Vec<String> = db
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.name)
+        .collect();
+    assert_eq!(names, ["job-001", "job-004"]);
+    // The owner lives on.
+    assert!(db.insert_job(&named(5)).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_answered_while_a_long_read_runs() {
+    let (_dir, db) = db();
+    let (started, is_started) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let read = db.read(move |c| {
+        started.send(()).unwrap();
+        let _ = released.recv();
+        jobs::jobs(c)
+    });
+    let read = tokio::spawn(read);
+    tokio::task::spawn_blocking(move || is_started.recv().unwrap())
+        .await
+        .unwrap();
+    // The read holds its connection and a blocking thread; the write does
+    // not wait for it (a deadline, not a sleep: it fails instead of hanging).
+    let written =
+        tokio::time::timeout(std::time::Duration::from_secs(30), db.insert_job(&named(1)))
+            .await
+            .expect("the write was answered while the read ran");
+    assert!(written.unwrap());
+    // Read-your-writes: a read after the answer sees the change.
+    assert!(db.job("job-001").await.unwrap().is_some());
+    release.send(()).unwrap();
+    read.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn schedule_inserts_and_queues_in_one_commit() {
+    let (_dir, db) = db();
+    let before = db.commits();
+    let platforms = db
+        .schedule(
+            script_job("a", "linux"),
+            Some(Timestamp(2_000)),
+            vec![("linux".into(), "echo hi\n".into())],
+            60,
+        )
+        .await
+        .unwrap();
+    assert_eq!(platforms, Some(vec!["linux".to_owned()]));
+    assert_eq!(db.commits() - before, 1);
+    assert_eq!(db.queues().await.unwrap()[0].jobs, vec!["a"]);
+    assert_eq!(
+        db.job("a").await.unwrap().unwrap().next_run,
+        Some(Timestamp(2_000))
+    );
+    // A taken name changes nothing.
+    let again = db
+        .schedule(
+            script_job("a", "freebsd"),
+            None,
+            vec![("freebsd".into(), "x".into())],
+            60,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(db.queues().await.unwrap().len(), 1);
+}
+
+#[test]
+fn per_request_queries_use_an_index() {
+    // With 100 000 jobs, nothing a request or a scheduler tick runs may
+    // scan the jobs or queue table.
+    let (dir, db) = db();
+    drop(db);
+    let c = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    for sql in [
+        "SELECT MIN(next_run) FROM jobs",
+        "SELECT name FROM jobs WHERE next_run IS NOT NULL AND next_run <= 5",
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'orb')",
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'script' AND platform = 'x')",
+        "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = x'00')",
+        "DELETE FROM queue WHERE job = 'x'",
+        "SELECT job FROM queue WHERE platform = 'x' ORDER BY position LIMIT 1",
+    ] {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan
+                .iter()
+                .any(|p| p.starts_with("SCAN jobs") || p.starts_with("SCAN queue")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
