@@ -694,7 +694,8 @@ pub(crate) async fn store_result(
         path: None,
         attempts: job.lost + 1,
     };
-    // Both block on fsync: off the async threads, in one trip.
+    // The record is written and fsynced off the async threads; the index
+    // goes through the database owner.
     let blocking = Arc::clone(shared);
     let result = tokio::task::spawn_blocking(move || {
         let written = store::write_full(

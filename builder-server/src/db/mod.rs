@@ -231,9 +231,15 @@ pub const MAX_BATCH: usize = 256;
 /// Most idle read-only connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;
 
+/// A request's value, its type erased on the way through the owner.
+type Value = Box<dyn Any + Send>;
+
+/// A request's work, run on the owner thread.
+type Run = Box<dyn FnOnce(&Connection) -> Result<Value, SqlError> + Send>;
+
 /// A request to the owner: a closure and where its answer goes.
 struct Request {
-    run: Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, SqlError> + Send>,
+    run: Run,
     reply: Reply,
 }
 
@@ -318,7 +324,7 @@ impl Db {
     ) -> impl std::future::Future<Output = Result<T, DbError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let request = Request {
-            run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
+            run: Box::new(move |c| f(c).map(|v| Box::new(v) as Value)),
             reply,
         };
         let sent = self
@@ -437,8 +443,7 @@ fn own(conn: Connection, requests: mpsc::Receiver<Request>, inner: &Inner) {
 /// One transaction for `batch`; answers every request after the commit.
 fn commit_batch(conn: &Connection, batch: Vec<Request>, inner: &Inner) {
     let path = &inner.path;
-    let mut answers: Vec<(Reply, Result<Box<dyn Any + Send>, DbError>)> =
-        Vec::with_capacity(batch.len());
+    let mut answers: Vec<(Reply, Result<Value, DbError>)> = Vec::with_capacity(batch.len());
     // Requests answered by this transaction's commit.
     let mut open = 0;
     let mut begun = false;
@@ -497,15 +502,11 @@ fn commit_batch(conn: &Connection, batch: Vec<Request>, inner: &Inner) {
     }
 }
 
-type Reply = oneshot::Sender<Result<Box<dyn Any + Send>, DbError>>;
+type Reply = oneshot::Sender<Result<Value, DbError>>;
 
 /// Runs one request in its own savepoint: released when it succeeds, rolled
 /// back when it fails or panics.
-fn run_one(
-    conn: &Connection,
-    run: Box<dyn FnOnce(&Connection) -> Result<Box<dyn Any + Send>, SqlError> + Send>,
-    path: &Path,
-) -> Result<Box<dyn Any + Send>, DbError> {
+fn run_one(conn: &Connection, run: Run, path: &Path) -> Result<Value, DbError> {
     conn.execute_batch("SAVEPOINT request")
         .map_err(|e| SqlError::from(e).at(path))?;
     let result = match std::panic::catch_unwind(AssertUnwindSafe(|| run(conn))) {

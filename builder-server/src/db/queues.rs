@@ -343,7 +343,7 @@ fn running_tx(tx: &Connection, uuid: Uuid) -> Result<Option<Running>, SqlError> 
         raw_running,
     )
     .optional()?
-    .map(|r| running_row(r))
+    .map(running_row)
     .transpose()
 }
 
@@ -355,7 +355,7 @@ pub fn running(tx: &Connection) -> Result<Vec<Running>, SqlError> {
         [],
         raw_running,
     )?;
-    raws.into_iter().map(|r| running_row(r)).collect()
+    raws.into_iter().map(running_row).collect()
 }
 
 /// Running builds in `info` form.

@@ -182,7 +182,7 @@ pub fn results(
         params![job, limit as i64],
         raw_result,
     )?;
-    raws.into_iter().map(|r| result_row(r)).collect()
+    raws.into_iter().map(result_row).collect()
 }
 
 /// Where a finished build's record is; `None` if there is no such build
