@@ -450,7 +450,7 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<First, Str
         if !templates::valid_platform(platform) {
             return Err(format!("invalid platform name {platform:?}"));
         }
-        match shared.db.is_dropped(platform) {
+        match shared.db.is_dropped(platform).await {
             Ok(true) => return Err(format!("platform {platform} is dropped")),
             Ok(false) => {}
             Err(e) => return Err(shared.fatal(e).to_string()),

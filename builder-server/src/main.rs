@@ -35,13 +35,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         if args.job_timeout == 0 {
             anyhow::bail!("--job-timeout must be positive");
         }
-        let summary = builder_server::legacy::import::import_state(
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        let summary = runtime.block_on(builder_server::legacy::import::import_state(
             &args.dir,
             &args.config_dir,
             file,
             args.force,
             args.job_timeout,
-        )?;
+        ))?;
         println!("{summary}");
         return Ok(());
     }

@@ -36,12 +36,12 @@ pub async fn run_with_clock(shared: Arc<Shared>, now: impl Fn() -> Timestamp) {
         // (Errors are reported by `Shared::fatal`.) A full disk refuses
         // the change: try again soon, space may be back.
         let mut max_sleep = MAX_SLEEP;
-        match queue_due(&shared, now()) {
+        match queue_due(&shared, now()).await {
             Ok(()) => {}
             Err(e) if e.is_disk_full() => max_sleep = DISK_FULL_RETRY,
             Err(_) => return,
         }
-        let next = match shared.db.earliest_next_run() {
+        let next = match shared.db.earliest_next_run().await {
             Ok(next) => next,
             Err(e) => {
                 shared.fatal(e);
@@ -59,7 +59,7 @@ pub async fn run_with_clock(shared: Arc<Shared>, now: impl Fn() -> Timestamp) {
 
 /// Queues every job due at `now` and wakes the workers of the platforms that
 /// got work.
-pub fn queue_due(shared: &Shared, now: Timestamp) -> Result<(), DbError> {
+pub async fn queue_due(shared: &Shared, now: Timestamp) -> Result<(), DbError> {
     let platforms = shared
         .db
         .queue_due(
@@ -68,6 +68,7 @@ pub fn queue_due(shared: &Shared, now: Timestamp) -> Result<(), DbError> {
             |job| scripts(shared, job),
             shared.config.job_timeout.as_secs(),
         )
+        .await
         .map_err(|e| shared.fatal(e))?;
     for platform in platforms {
         shared.wake_platform(&platform);
@@ -106,18 +107,18 @@ mod tests {
         Timestamp::from_datetime(Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap())
     }
 
-    fn tick(db: &Db, now: Timestamp) -> Vec<String> {
+    async fn tick(db: &Db, now: Timestamp) -> Vec<String> {
         let render = |job: &JobSpec| match &job.kind {
             JobKind::Script { platform, script } => vec![(platform.clone(), script.clone())],
             JobKind::Orb { .. } => Vec::new(),
         };
-        db.queue_due(now, next_run, render, 60).unwrap()
+        db.queue_due(now, next_run, render, 60).await.unwrap()
     }
 
     /// Runs the head of the queue (so the next tick can queue the job again).
-    fn run_queued(db: &Db) -> usize {
+    async fn run_queued(db: &Db) -> usize {
         let mut n = 0;
-        while let Some(r) = db.claim("linux", "w", Timestamp(0)).unwrap() {
+        while let Some(r) = db.claim("linux", "w", Timestamp(0)).await.unwrap() {
             db.finish(
                 &crate::db::NewResult {
                     uuid: r.uuid,
@@ -131,13 +132,14 @@ mod tests {
                 },
                 false,
             )
+            .await
             .unwrap();
             n += 1;
         }
         n
     }
 
-    fn schedule(db: &Db, trigger: Trigger, now: Timestamp) {
+    async fn schedule(db: &Db, trigger: Trigger, now: Timestamp) {
         db.insert_job(&ScheduleEntry {
             job: JobSpec {
                 name: "job".into(),
@@ -150,11 +152,12 @@ mod tests {
             next_run: Some(now),
             timeout_secs: None,
         })
+        .await
         .unwrap();
     }
 
-    fn next(db: &Db) -> Option<Timestamp> {
-        db.job("job").unwrap().unwrap().next_run
+    async fn next(db: &Db) -> Option<Timestamp> {
+        db.job("job").await.unwrap().unwrap().next_run
     }
 
     fn db() -> (tempfile::TempDir, Db) {
@@ -163,66 +166,75 @@ mod tests {
         (dir, db)
     }
 
-    #[test]
-    fn a_daily_job_keeps_its_phase_through_a_busy_period_and_downtime() {
+    #[tokio::test]
+    async fn a_daily_job_keeps_its_phase_through_a_busy_period_and_downtime() {
         let (_dir, db) = db();
         let t0 = at(2025, 1, 1, 3, 0);
-        schedule(&db, Trigger::Daily, t0);
-        assert_eq!(tick(&db, t0), ["linux"], "queued at once");
-        assert_eq!(next(&db), Some(at(2025, 1, 2, 3, 0)));
-        assert_eq!(run_queued(&db), 1);
+        schedule(&db, Trigger::Daily, t0).await;
+        assert_eq!(tick(&db, t0).await, ["linux"], "queued at once");
+        assert_eq!(next(&db).await, Some(at(2025, 1, 2, 3, 0)));
+        assert_eq!(run_queued(&db).await, 1);
 
         // A busy server gets to it 47 minutes late: the phase stays 03:00.
-        assert!(tick(&db, at(2025, 1, 2, 2, 59)).is_empty(), "not due yet");
-        assert_eq!(tick(&db, at(2025, 1, 2, 3, 47)), ["linux"]);
-        assert_eq!(next(&db), Some(at(2025, 1, 3, 3, 0)));
-        assert_eq!(run_queued(&db), 1);
+        assert!(
+            tick(&db, at(2025, 1, 2, 2, 59)).await.is_empty(),
+            "not due yet"
+        );
+        assert_eq!(tick(&db, at(2025, 1, 2, 3, 47)).await, ["linux"]);
+        assert_eq!(next(&db).await, Some(at(2025, 1, 3, 3, 0)));
+        assert_eq!(run_queued(&db).await, 1);
 
         // Down from Jan 3 to Jan 6 14:27: one run, next slot still at 03:00.
-        assert_eq!(tick(&db, at(2025, 1, 6, 14, 27)), ["linux"]);
-        assert_eq!(run_queued(&db), 1, "queued once, not once per missed day");
-        assert_eq!(next(&db), Some(at(2025, 1, 7, 3, 0)));
+        assert_eq!(tick(&db, at(2025, 1, 6, 14, 27)).await, ["linux"]);
+        assert_eq!(
+            run_queued(&db).await,
+            1,
+            "queued once, not once per missed day"
+        );
+        assert_eq!(next(&db).await, Some(at(2025, 1, 7, 3, 0)));
     }
 
-    #[test]
-    fn reschedule_to_tomorrow_runs_tomorrow_not_now() {
+    #[tokio::test]
+    async fn reschedule_to_tomorrow_runs_tomorrow_not_now() {
         let (_dir, db) = db();
         let now = at(2025, 6, 1, 12, 0);
-        schedule(&db, Trigger::Hourly, now);
-        tick(&db, now);
-        run_queued(&db);
+        schedule(&db, Trigger::Hourly, now).await;
+        tick(&db, now).await;
+        run_queued(&db).await;
         let tomorrow = at(2025, 6, 2, 9, 30);
         db.reschedule("job", tomorrow, Some(&Trigger::Weekly))
+            .await
             .unwrap();
         for minutes in [0, 60, 600, 1289] {
             let later = now.saturating_add(std::time::Duration::from_secs(minutes * 60));
             assert!(
-                tick(&db, later).is_empty(),
+                tick(&db, later).await.is_empty(),
                 "nothing before NEXT ({minutes} min)"
             );
         }
-        assert_eq!(tick(&db, tomorrow), ["linux"], "runs exactly at NEXT");
+        assert_eq!(tick(&db, tomorrow).await, ["linux"], "runs exactly at NEXT");
         assert_eq!(
-            next(&db),
+            next(&db).await,
             Some(at(2025, 6, 9, 9, 30)),
             "then weekly from NEXT"
         );
     }
 
-    #[test]
-    fn never_runs_once_and_cron_follows_its_expression() {
+    #[tokio::test]
+    async fn never_runs_once_and_cron_follows_its_expression() {
         let (_dir, db) = db();
         let now = at(2025, 2, 27, 10, 0);
-        schedule(&db, Trigger::Never, now);
-        assert_eq!(tick(&db, now), ["linux"]);
-        assert_eq!(next(&db), None);
-        run_queued(&db);
-        assert!(tick(&db, at(2030, 1, 1, 0, 0)).is_empty());
+        schedule(&db, Trigger::Never, now).await;
+        assert_eq!(tick(&db, now).await, ["linux"]);
+        assert_eq!(next(&db).await, None);
+        run_queued(&db).await;
+        assert!(tick(&db, at(2030, 1, 1, 0, 0)).await.is_empty());
 
         db.reschedule("job", now, Some(&Trigger::cron("0 0 29 2 *").unwrap()))
+            .await
             .unwrap();
-        tick(&db, now);
-        assert_eq!(next(&db), Some(at(2028, 2, 29, 0, 0)), "next Feb 29");
+        tick(&db, now).await;
+        assert_eq!(next(&db).await, Some(at(2028, 2, 29, 0, 0)), "next Feb 29");
     }
 
     /// A test clock: a fixed start plus tokio's (paused) time since then.
@@ -231,8 +243,9 @@ mod tests {
         move || start.saturating_add(origin.elapsed())
     }
 
-    fn queued(db: &Db) -> Vec<String> {
+    async fn queued(db: &Db) -> Vec<String> {
         db.queues()
+            .await
             .unwrap()
             .into_iter()
             .flat_map(|q| q.jobs)
@@ -244,7 +257,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("state.db")).unwrap();
         let t0 = at(2025, 1, 1, 3, 0);
-        schedule(&db, Trigger::cron("*/3 * * * * *").unwrap(), t0);
+        schedule(&db, Trigger::cron("*/3 * * * * *").unwrap(), t0).await;
         let shared = Arc::new(Shared::new(
             crate::Config::new(dir.path().to_owned()),
             db,
@@ -258,16 +271,16 @@ mod tests {
         // Queued at once (next_run is t0), then at every 3-second slot:
         // 1 ms before a slot nothing is queued, 1 ms after it the job is.
         tokio::time::sleep_until(origin + ms(1)).await;
-        assert_eq!(queued(&shared.db), ["job"], "queued at once");
-        assert_eq!(run_queued(&shared.db), 1);
+        assert_eq!(queued(&shared.db).await, ["job"], "queued at once");
+        assert_eq!(run_queued(&shared.db).await, 1);
         for slot in 1..=4u64 {
             tokio::time::sleep_until(origin + ms(3000 * slot - 1)).await;
-            assert!(queued(&shared.db).is_empty(), "before slot {slot}");
+            assert!(queued(&shared.db).await.is_empty(), "before slot {slot}");
             tokio::time::sleep_until(origin + ms(3000 * slot + 1)).await;
-            assert_eq!(queued(&shared.db), ["job"], "at slot {slot}");
-            assert_eq!(run_queued(&shared.db), 1);
+            assert_eq!(queued(&shared.db).await, ["job"], "at slot {slot}");
+            assert_eq!(run_queued(&shared.db).await, 1);
             assert_eq!(
-                next(&shared.db),
+                next(&shared.db).await,
                 Some(t0.saturating_add(Duration::from_secs(3 * (slot + 1)))),
                 "next slot in phase"
             );

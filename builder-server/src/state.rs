@@ -86,13 +86,19 @@ impl Shared {
     ///
     /// A full disk ([`DbError::is_disk_full`]) refuses that one change: the
     /// caller answers whoever asked with the error, the server keeps serving
-    /// reads and works again once space is freed. Anything else (a corrupt
+    /// reads and works again once space is freed. So does a request that
+    /// panicked ([`DbError::is_refused`]): the owner rolled back that one
+    /// request and goes on. Anything else (a corrupt
     /// or vanished database) stops the server, since it can no longer keep
     /// its promise that acknowledged changes are durable.
     pub fn fatal(&self, error: DbError) -> DbError {
         let chain = protocol::Chain(&error).to_string();
         if error.is_disk_full() {
             tracing::error!(error = ?chain, "disk full: a change to the state was refused");
+            return error;
+        }
+        if error.is_refused() {
+            tracing::error!(error = ?chain, "a change to the state was refused");
             return error;
         }
         tracing::error!(error = ?chain, "cannot persist state; shutting down");

@@ -172,7 +172,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
     };
     // Records stored while the server ran without --upload join the spool.
-    match shared.db.spool_unconfigured(Timestamp::now()) {
+    match shared.db.spool_unconfigured(Timestamp::now()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             count = n,
@@ -199,6 +199,7 @@ pub async fn run(shared: Arc<Shared>) {
             let due = match shared
                 .db
                 .due_uploads(Timestamp::now(), &in_flight.busy(), free)
+                .await
             {
                 Ok(due) => due,
                 Err(e) => {
@@ -217,7 +218,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         let sleep = match store_retry_at {
             Some(t) if store_waiting => t.saturating_duration_since(tokio::time::Instant::now()),
-            _ => match shared.db.next_upload_due() {
+            _ => match shared.db.next_upload_due().await {
                 Ok(Some(t)) => t
                     .since(Timestamp::now())
                     .clamp(Duration::from_millis(10), Duration::from_secs(60)),
@@ -239,7 +240,7 @@ pub async fn run(shared: Arc<Shared>) {
                         let error = format!("upload task failed: {e}");
                         tracing::error!(%uuid, %error);
                         let next = now.saturating_add(config.backoff_cap);
-                        if let Err(e) = shared.db.upload_failed(uuid, &error, next) {
+                        if let Err(e) = shared.db.upload_failed(uuid, &error, next).await {
                             shared.fatal(e);
                             return;
                         }
@@ -250,7 +251,7 @@ pub async fn run(shared: Arc<Shared>) {
                     Ok(()) => {
                         store_failures = 0;
                         store_retry_at = None;
-                        let recorded = shared.db.upload_delivered(pending.uuid, now);
+                        let recorded = shared.db.upload_delivered(pending.uuid, now).await;
                         if recorded.is_ok() && config.delete_delivered {
                             delete_build(&pending.path);
                         }
@@ -266,12 +267,12 @@ pub async fn run(shared: Arc<Shared>) {
                         let at = tokio::time::Instant::now() + wait;
                         store_retry_at = Some(store_retry_at.map_or(at, |t| t.max(at)));
                         // Still due: it goes first when the store is back.
-                        shared.db.upload_failed(pending.uuid, &error, now)
+                        shared.db.upload_failed(pending.uuid, &error, now).await
                     }
                     Err(Failure::Record(error)) => {
                         shared.metrics.upload_failed("record");
                         let wait = config.backoff(pending.attempts);
-                        shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait))
+                        shared.db.upload_failed(pending.uuid, &error, now.saturating_add(wait)).await
                     }
                 };
                 // A full disk: the state stays as it was, so the record

@@ -46,13 +46,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
     // Only worth saying when there is an orb job that cannot run here.
-    if shared.db.has_orb_jobs().map_err(|e| shared.fatal(e))? {
+    if shared
+        .db
+        .has_orb_jobs()
+        .await
+        .map_err(|e| shared.fatal(e))?
+    {
         shared.templates.warn_missing(platform);
     }
     tracing::info!(platform, host, peer = conn.peer(), "worker connected");
     shared
         .db
         .note_platform(platform, Timestamp::now())
+        .await
         .map_err(|e| shared.fatal(e))?;
     let mut ticker = tokio::time::interval(shared.config.heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -171,6 +177,7 @@ impl Session<'_> {
                 .shared
                 .db
                 .is_dropped(self.platform)
+                .await
                 .map_err(|e| self.shared.fatal(e))?;
             if dropped {
                 let reason = format!("platform {} was dropped", self.platform);
@@ -555,17 +562,11 @@ pub(crate) async fn claim(
     if shared.draining.is_cancelled() {
         return Ok(Ok(None));
     }
-    let blocking = Arc::clone(shared);
-    let (platform, worker) = (platform.to_owned(), worker.to_owned());
-    // A commit: off the async threads.
-    let claimed = tokio::task::spawn_blocking(move || {
-        blocking
-            .db
-            .claim(&platform, &worker, Timestamp::now())
-            .map_err(|e| blocking.fatal(e))
-    })
-    .await
-    .context("job claim panicked")?;
+    let claimed = shared
+        .db
+        .claim(platform, worker, Timestamp::now())
+        .await
+        .map_err(|e| shared.fatal(e));
     match claimed {
         Ok(running) => Ok(Ok(running)),
         Err(e) if e.is_disk_full() => Ok(Err(Instant::now() + shared.config.heartbeat)),
@@ -588,7 +589,7 @@ pub(crate) async fn build_lost(
 ) -> anyhow::Result<()> {
     let uuid = running.uuid;
     let now = Timestamp::now();
-    let fate = match shared.db.worker_lost(uuid) {
+    let fate = match shared.db.worker_lost(uuid).await {
         Ok(fate) => fate,
         Err(e) => {
             // Still marked running: the next start requeues it.
@@ -702,10 +703,11 @@ pub(crate) async fn store_result(
         path: None,
         attempts: job.lost + 1,
     };
-    // Both block on fsync: off the async threads, in one trip.
+    // The record is written and fsynced off the async threads; the index
+    // goes through the database owner.
     let blocking = Arc::clone(shared);
     let mut console_files = spooled.console.take();
-    let (result, indexed) = tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let written = store::write_full(
             &blocking.job_dirs,
             &build_dir,
@@ -749,11 +751,11 @@ pub(crate) async fn store_result(
                 }
             }
         };
-        let indexed = index(&blocking, &result);
-        (result, indexed)
+        result
     })
     .await
     .context("record writer panicked")?;
+    let indexed = index(shared, &result).await;
     let outcome = result.outcome.clone();
     shared
         .metrics
@@ -772,12 +774,13 @@ fn console(files: &mut Option<ConsoleFiles>) -> Option<&mut dyn protocol::record
         .map(|c| c as &mut dyn protocol::record::ConsoleSource)
 }
 
-/// Indexes a finished build (blocking) and wakes the uploader.
-fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
+/// Indexes a finished build and wakes the uploader.
+async fn index(shared: &Shared, result: &NewResult) -> Result<(), db::DbError> {
     let upload = shared.config.upload.is_some();
     shared
         .db
         .finish(result, upload)
+        .await
         .map_err(|e| shared.fatal(e))?;
     if upload {
         shared.upload_wakeup.notify_one();
@@ -797,15 +800,14 @@ fn index_later(shared: &Arc<Shared>, result: NewResult) {
                 _ = tokio::time::sleep(INDEX_RETRY) => {}
                 _ = shared.shutdown.cancelled() => return,
             }
-            let (blocking, r) = (Arc::clone(&shared), Arc::clone(&result));
-            match tokio::task::spawn_blocking(move || index(&blocking, &r)).await {
-                Ok(Ok(())) => {
+            match index(&shared, &result).await {
+                Ok(()) => {
                     tracing::info!(job = ?result.job, uuid = %result.uuid, "build indexed now that there is room");
                     return;
                 }
-                Ok(Err(e)) if e.is_disk_full() => continue,
+                Err(e) if e.is_refused() => continue,
                 // Fatal: the server is stopping.
-                Ok(Err(_)) | Err(_) => return,
+                Err(_) => return,
             }
         }
     });
@@ -820,7 +822,7 @@ fn index_later(shared: &Arc<Shared>, result: NewResult) {
 /// stays marked running for the next start. Fails only for a broken
 /// database.
 pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
-    let running = shared.db.running()?;
+    let running = shared.db.running().await?;
     if !running.is_empty() {
         tracing::warn!(
             count = running.len(),
@@ -833,7 +835,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
             continue;
         }
         store::remove_incomplete(&build_dir);
-        let fate = match shared.db.worker_lost(r.uuid) {
+        let fate = match shared.db.worker_lost(r.uuid).await {
             Ok(fate) => fate,
             Err(e) if e.is_disk_full() => {
                 tracing::error!(job = ?r.job.job, uuid = %r.uuid, error = ?e.to_string(), "disk full: build left for the next start");
@@ -900,12 +902,7 @@ async fn index_stored(
         path: Some(path),
         attempts: running.job.lost + 1,
     };
-    let indexed = {
-        let (blocking, r) = (Arc::clone(shared), result.clone());
-        tokio::task::spawn_blocking(move || index(&blocking, &r))
-            .await
-            .context("indexer panicked")?
-    };
+    let indexed = index(shared, &result).await;
     match indexed {
         Ok(()) => {}
         Err(e) if e.is_disk_full() => {

@@ -616,10 +616,8 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
     // The state a crash between "record fsynced" and "result committed"
     // leaves: the build still marked running, its full record on disk.
     let db = builder_server::db::Db::open(&db_path).unwrap();
-    db.enqueue("linux", "crashy", "echo hi\n", 60, false)
-        .unwrap();
-    let running = db
-        .claim("linux", "w", protocol::message::Timestamp::now())
+    block(db.enqueue("linux", "crashy", "echo hi\n", 60, false)).unwrap();
+    let running = block(db.claim("linux", "w", protocol::message::Timestamp::now()))
         .unwrap()
         .unwrap();
     drop(db);

@@ -127,7 +127,7 @@ fn a_job_that_missed_runs_is_queued_once_and_keeps_its_phase() {
             next_run: Some(Timestamp::from_datetime(slot)),
             timeout_secs: None,
         };
-        assert!(db.insert_job(&entry).unwrap());
+        assert!(block(db.insert_job(&entry)).unwrap());
     }
     let server = Server::start(&state, &[]);
     let next = wait_for("the missed run to be handled", || {

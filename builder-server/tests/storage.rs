@@ -365,8 +365,7 @@ fn an_old_layout_state_directory_is_moved_once() {
     let live = tmp.path().join("live");
     std::fs::create_dir_all(&live).unwrap();
     let db = builder_server::db::Db::open(&live.join("state.db")).unwrap();
-    db.enqueue("linux", "kept", "echo kept\n", 60, false)
-        .unwrap();
+    block(db.enqueue("linux", "kept", "echo kept\n", 60, false)).unwrap();
     let mut copied = 0;
     for name in ["state.db", "state.db-wal", "state.db-shm"] {
         if live.join(name).exists() {
@@ -497,13 +496,13 @@ fn start_up_does_not_depend_on_writing_a_record() {
     // A build that lost its worker twice and was running when the server
     // stopped: the next start records it as aborted.
     let db = builder_server::db::Db::open(&db_path).unwrap();
-    db.enqueue("linux", "poison", "true\n", 60, false).unwrap();
+    block(db.enqueue("linux", "poison", "true\n", 60, false)).unwrap();
     let now = protocol::message::Timestamp::now;
     for _ in 0..2 {
-        let r = db.claim("linux", "w", now()).unwrap().unwrap();
-        db.worker_lost(r.uuid).unwrap();
+        let r = block(db.claim("linux", "w", now())).unwrap().unwrap();
+        block(db.worker_lost(r.uuid)).unwrap();
     }
-    let running = db.claim("linux", "w", now()).unwrap().unwrap();
+    let running = block(db.claim("linux", "w", now())).unwrap().unwrap();
     drop(db);
     // ...and its record cannot be written.
     let _immutable = Immutable::new(&state.join("poison"));
@@ -522,4 +521,32 @@ fn start_up_does_not_depend_on_writing_a_record() {
     server.proc.kill();
     let server = Server::start(&state, &[]);
     assert_eq!(results(&server, "poison").len(), 1);
+}
+
+#[test]
+fn a_state_database_it_cannot_write_stops_the_server_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let mut server = Server::start(&state, &[]);
+    schedule(&server, tmp.path(), "before", "true\n");
+    // Another process holds the write lock: not a full disk, so the server
+    // cannot keep its promise that what it acknowledges is durable.
+    let other = rusqlite::Connection::open(builder_server::layout::db_path(&state)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let file = script(tmp.path(), "after.sh", "true\n");
+    let out = server.client(&[
+        "schedule",
+        "after",
+        "linux",
+        file.to_str().unwrap(),
+        "--period",
+        "never",
+    ]);
+    assert!(!out.status.success(), "the change was refused");
+    let status = server.proc.wait_exit();
+    assert!(!status.success(), "the server exits non-zero: {status:?}");
+    let log = server.proc.log();
+    assert!(log.contains("cannot persist state"), "{log}");
+    assert!(log.contains("error: "), "{log}");
+    other.execute_batch("ROLLBACK").unwrap();
 }

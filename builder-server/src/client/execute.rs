@@ -14,8 +14,14 @@ use crate::db::DbError;
 use crate::state::Shared;
 
 /// Queues a job at the front of its queue(s).
-pub fn execute(shared: &Arc<Shared>, name: &str, platform: Option<&str>) -> Result<Reply, DbError> {
-    Ok(queue_front(shared, name, platform, false)?.map(|queued| Some(queued_text(&queued))))
+pub async fn execute(
+    shared: &Arc<Shared>,
+    name: &str,
+    platform: Option<&str>,
+) -> Result<Reply, DbError> {
+    Ok(queue_front(shared, name, platform, false)
+        .await?
+        .map(|queued| Some(queued_text(&queued))))
 }
 
 /// Queues a job on one platform at the front and streams the build it
@@ -26,7 +32,9 @@ pub async fn execute_observe(
     name: &str,
     platform: Option<&str>,
 ) -> anyhow::Result<()> {
-    let queued = queue_front(shared, name, platform, true).map_err(|e| shared.fatal(e))?;
+    let queued = queue_front(shared, name, platform, true)
+        .await
+        .map_err(|e| shared.fatal(e))?;
     match queued.as_deref() {
         Ok([(_, uuid)]) => {
             let uuid = *uuid;
@@ -57,13 +65,13 @@ fn queued_text(queued: &[(String, Uuid)]) -> String {
 /// Puts a job at the front of its queue(s); returns each platform with the
 /// UUID of the build queued there. With `one`, a job that would be queued
 /// on several platforms is refused before anything is queued.
-fn queue_front(
+async fn queue_front(
     shared: &Arc<Shared>,
     name: &str,
     platform: Option<&str>,
     one: bool,
 ) -> Result<Result<Vec<(String, Uuid)>, String>, DbError> {
-    let Some(entry) = shared.db.job(name)? else {
+    let Some(entry) = shared.db.job(name).await? else {
         return Ok(Err(format!("no job named {name}")));
     };
     let scripts = match (&entry.job.kind, platform) {
@@ -107,7 +115,11 @@ fn queue_front(
     let mut queued = Vec::new();
     let mut dropped = Vec::new();
     for (platform, script) in scripts {
-        match shared.db.enqueue_front(&platform, name, &script, timeout)? {
+        match shared
+            .db
+            .enqueue_front(&platform, name, &script, timeout)
+            .await?
+        {
             Some(uuid) => {
                 shared.wake_platform(&platform);
                 queued.push((platform, uuid));

@@ -15,8 +15,17 @@ const CHUNK: usize = 256 * 1024;
 
 /// Sends build `uuid`'s record, or a failure saying why there is none.
 pub async fn fetch(shared: &Arc<Shared>, conn: &mut Connection, uuid: Uuid) -> anyhow::Result<()> {
-    let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? else {
-        let pending = shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))?;
+    let Some(path) = shared
+        .db
+        .result_path(uuid)
+        .await
+        .map_err(|e| shared.fatal(e))?
+    else {
+        let pending = shared
+            .db
+            .is_pending(uuid)
+            .await
+            .map_err(|e| shared.fatal(e))?;
         let reason = if pending {
             format!("build {uuid} has not finished yet (observe it with `observe {uuid}`)")
         } else {

@@ -13,9 +13,9 @@ use crate::state::Shared;
 /// The server's state as `info` shows it, as the messages of the answer:
 /// parts of at most [`INFO_PART_BYTES`] (or the frame limit, if smaller),
 /// then the end marker.
-pub fn info(shared: &Arc<Shared>) -> Result<Vec<ServerToClient>, DbError> {
+pub async fn info(shared: &Arc<Shared>) -> Result<Vec<ServerToClient>, DbError> {
     let workers = shared.workers.list();
-    let mut queues = shared.db.queues()?;
+    let mut queues = shared.db.queues().await?;
     // A platform with workers but nothing queued still gets a (empty) line.
     for w in &workers {
         if !queues.iter().any(|q| q.platform == w.platform) {
@@ -27,10 +27,16 @@ pub fn info(shared: &Arc<Shared>) -> Result<Vec<ServerToClient>, DbError> {
     }
     queues.sort_by(|a, b| a.platform.cmp(&b.platform));
     let summary = InfoSummary {
-        schedule: shared.db.jobs()?.iter().map(JobSummary::from).collect(),
+        schedule: shared
+            .db
+            .jobs()
+            .await?
+            .iter()
+            .map(JobSummary::from)
+            .collect(),
         queues,
-        running: shared.db.running_info()?,
-        dropped_platforms: shared.db.dropped_platforms()?,
+        running: shared.db.running_info().await?,
+        dropped_platforms: shared.db.dropped_platforms().await?,
         workers,
     };
     let budget = INFO_PART_BYTES.min(shared.config.max_frame);
@@ -38,8 +44,8 @@ pub fn info(shared: &Arc<Shared>) -> Result<Vec<ServerToClient>, DbError> {
 }
 
 /// One job with its script, or why not.
-pub fn show(shared: &Arc<Shared>, name: &str) -> Result<ServerToClient, DbError> {
-    Ok(match shared.db.job(name)? {
+pub async fn show(shared: &Arc<Shared>, name: &str) -> Result<ServerToClient, DbError> {
+    Ok(match shared.db.job(name).await? {
         Some(entry) => ServerToClient::Job(entry),
         None => ServerToClient::Failure {
             reason: format!("no job named {name}"),

@@ -49,40 +49,36 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 job,
                 trigger,
                 timeout_secs,
-            } => reply(schedule::schedule(
-                shared,
-                job,
-                trigger,
-                timeout_secs,
-                &mut notices,
-            )),
-            ClientRequest::Unschedule { name } => reply(schedule::unschedule(shared, &name)),
+            } => reply(schedule::schedule(shared, job, trigger, timeout_secs, &mut notices).await),
+            ClientRequest::Unschedule { name } => reply(schedule::unschedule(shared, &name).await),
             ClientRequest::Reschedule {
                 name,
                 next,
                 trigger,
-            } => reply(schedule::reschedule(shared, &name, next, trigger)),
+            } => reply(schedule::reschedule(shared, &name, next, trigger).await),
             ClientRequest::Execute { name, platform } => {
-                reply(execute::execute(shared, &name, platform.as_deref()))
+                reply(execute::execute(shared, &name, platform.as_deref()).await)
             }
             ClientRequest::DropPlatform { platform } => {
-                reply(platform::drop(shared, &platform, &mut notices))
+                reply(platform::drop(shared, &platform, &mut notices).await)
             }
             ClientRequest::UndropPlatform { platform } => {
-                reply(platform::undrop(shared, &platform))
+                reply(platform::undrop(shared, &platform).await)
             }
             ClientRequest::Cancel { uuid } => reply(Ok(cancel::cancel(shared, uuid))),
             ClientRequest::Info => {
-                let parts = info::info(shared).map_err(|e| shared.fatal(e))?;
+                let parts = info::info(shared).await.map_err(|e| shared.fatal(e))?;
                 for part in &parts {
                     conn.feed(part).await?;
                 }
                 conn.flush().await?;
                 continue;
             }
-            ClientRequest::Show { name } => info::show(shared, &name),
+            ClientRequest::Show { name } => info::show(shared, &name).await,
             ClientRequest::Results { job, limit } => {
-                results::results(shared, job.as_deref(), limit).map(ServerToClient::ResultList)
+                results::results(shared, job.as_deref(), limit)
+                    .await
+                    .map(ServerToClient::ResultList)
             }
             ClientRequest::Observe { uuid } => {
                 tracing::info!(peer = conn.peer(), %uuid, "observer attached");
@@ -99,17 +95,20 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 platform,
                 trigger,
                 timeout_secs,
-            } => reply(schedule::update(
-                shared,
-                &name,
-                schedule::Changes {
-                    script,
-                    platform,
-                    trigger,
-                    timeout_secs,
-                },
-                &mut notices,
-            )),
+            } => reply(
+                schedule::update(
+                    shared,
+                    &name,
+                    schedule::Changes {
+                        script,
+                        platform,
+                        trigger,
+                        timeout_secs,
+                    },
+                    &mut notices,
+                )
+                .await,
+            ),
             ClientRequest::ExecuteObserve { name, platform } => {
                 execute::execute_observe(shared, conn, &name, platform.as_deref()).await?;
                 continue;

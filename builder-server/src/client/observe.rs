@@ -85,10 +85,15 @@ pub async fn observe(
                 }
             }
         }
-        if let Some(path) = shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
+        if let Some(path) = shared
+            .db
+            .result_path(uuid)
+            .await
+            .map_err(|e| shared.fatal(e))?
+        {
             return replay(conn, uuid, path, 0, !header_sent).await;
         }
-        if let Some(r) = shared.db.result(uuid).map_err(|e| shared.fatal(e))? {
+        if let Some(r) = shared.db.result(uuid).await.map_err(|e| shared.fatal(e))? {
             // Indexed without a record (it could not be stored): no
             // console, the end says why.
             if !header_sent {
@@ -107,14 +112,26 @@ pub async fn observe(
             .await?;
             return Ok(());
         }
-        if !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? && last.is_none() {
+        if !shared
+            .db
+            .is_pending(uuid)
+            .await
+            .map_err(|e| shared.fatal(e))?
+            && last.is_none()
+        {
             conn.send(&ServerToClient::Failure {
                 reason: format!("no build {uuid}"),
             })
             .await?;
             return Ok(());
         }
-        if last.is_some() && !shared.db.is_pending(uuid).map_err(|e| shared.fatal(e))? {
+        if last.is_some()
+            && !shared
+                .db
+                .is_pending(uuid)
+                .await
+                .map_err(|e| shared.fatal(e))?
+        {
             // Requeued, then neither queued, running nor stored: it was
             // unscheduled or its platform dropped.
             conn.send(&ServerToClient::Failure {
@@ -146,6 +163,7 @@ pub async fn observe_latest(
     let done = shared
         .db
         .latest_result(platform, job)
+        .await
         .map_err(|e| shared.fatal(e))?;
     let newest = match (live, done) {
         (Some(l), Some(d)) => Some(if l.1 >= d.1 { l.0 } else { d.0 }),
@@ -331,7 +349,12 @@ async fn from_record(
             _ = shared.shutdown.cancelled() => return Ok(Followed::Over),
         }
     };
-    match shared.db.result_path(uuid).map_err(|e| shared.fatal(e))? {
+    match shared
+        .db
+        .result_path(uuid)
+        .await
+        .map_err(|e| shared.fatal(e))?
+    {
         Some(path) => replay(conn, uuid, path, from, !started)
             .await
             .map(|()| Followed::Over),
@@ -601,6 +624,7 @@ mod tests {
             .shared
             .db
             .result_path(setup.running.uuid)
+            .await
             .unwrap()
             .unwrap();
         for from in [

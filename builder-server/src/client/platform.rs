@@ -15,7 +15,7 @@ use crate::state::Shared;
 /// Drops a platform: its queue and script jobs go; its waiting workers are
 /// told and disconnected; new work for it is refused until undropped.
 /// `notices` gets a warning when nothing ever used the platform (a typo?).
-pub fn drop(
+pub async fn drop(
     shared: &Arc<Shared>,
     platform: &str,
     notices: &mut Vec<ServerToClient>,
@@ -23,9 +23,9 @@ pub fn drop(
     if let Err(reason) = check_platform(platform) {
         return Ok(Err(reason));
     }
-    let known =
-        shared.db.platform_in_use(platform)? || shared.templates.render(platform, "").is_some();
-    let Some(removed) = shared.db.drop_platform(platform)? else {
+    let known = shared.db.platform_in_use(platform).await?
+        || shared.templates.render(platform, "").is_some();
+    let Some(removed) = shared.db.drop_platform(platform).await? else {
         return Ok(Ok(Some(format!(
             "platform {platform} is already dropped; nothing changed"
         ))));
@@ -49,8 +49,8 @@ pub fn drop(
 }
 
 /// Accepts a dropped platform again.
-pub fn undrop(shared: &Arc<Shared>, platform: &str) -> Result<Reply, DbError> {
-    if !shared.db.undrop_platform(platform)? {
+pub async fn undrop(shared: &Arc<Shared>, platform: &str) -> Result<Reply, DbError> {
+    if !shared.db.undrop_platform(platform).await? {
         return Ok(Ok(Some(format!(
             "platform {platform} is not dropped; nothing changed"
         ))));

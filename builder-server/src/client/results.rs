@@ -11,10 +11,10 @@ use crate::state::Shared;
 const MAX_LIMIT: u32 = 10_000;
 
 /// Recent builds, newest first.
-pub fn results(
+pub async fn results(
     shared: &Arc<Shared>,
     job: Option<&str>,
     limit: u32,
 ) -> Result<Vec<ResultEntry>, DbError> {
-    shared.db.results(job, limit.min(MAX_LIMIT))
+    shared.db.results(job, limit.min(MAX_LIMIT)).await
 }

@@ -15,18 +15,18 @@ use crate::scheduler;
 use crate::state::Shared;
 
 /// Adds a job to the schedule and queues it at once.
-pub fn schedule(
+pub async fn schedule(
     shared: &Arc<Shared>,
     job: JobSpec,
     trigger: Trigger,
     timeout_secs: Option<u64>,
     notices: &mut Vec<ServerToClient>,
 ) -> Result<Reply, DbError> {
-    if let Err(reason) = check(shared, &job, &trigger, timeout_secs)? {
+    if let Err(reason) = check(shared, &job, &trigger, timeout_secs).await? {
         return Ok(Err(reason));
     }
     if let JobKind::Script { platform, .. } = &job.kind {
-        warn_unknown_platform(shared, platform, notices)?;
+        warn_unknown_platform(shared, platform, notices).await?;
     }
     let now = Timestamp::now();
     let entry = ScheduleEntry {
@@ -35,21 +35,29 @@ pub fn schedule(
         next_run: Some(now),
         timeout_secs,
     };
-    if !shared.db.insert_job(&entry)? {
+    // The first run is queued with the job, in one commit; templates are
+    // read here, outside the transaction.
+    let scripts = scheduler::scripts(shared, &job);
+    let next = scheduler::next_run(&entry.trigger, now, now);
+    let timeout = timeout_secs.unwrap_or(shared.config.job_timeout.as_secs());
+    let Some(platforms) = shared
+        .db
+        .schedule(entry.clone(), next, scripts.clone(), timeout)
+        .await?
+    else {
         return Ok(Err(format!(
             "a job named {0} already exists (change it with `update {0}`, or unschedule it first)",
             job.name
         )));
+    };
+    for platform in &platforms {
+        shared.wake_platform(platform);
     }
-    scheduler::queue_due(shared, now)?;
     shared.schedule_changed.notify_one();
     tracing::info!(job = ?job.name, trigger = ?entry.trigger.to_string(), "job scheduled");
     let detail = match &job.kind {
         JobKind::Orb { opam_package } => {
-            let platforms: Vec<String> = scheduler::scripts(shared, &job)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
+            let platforms: Vec<String> = scripts.into_iter().map(|(p, _)| p).collect();
             if platforms.is_empty() {
                 format!(
                     "scheduled {} ({}); no orb-build templates in {}: {opam_package} is not queued anywhere until one is added",
@@ -78,12 +86,13 @@ pub fn schedule(
 
 /// Warns when no worker ever asked for `platform` and it has no orb-build
 /// template: most likely a typo, and the job would wait forever.
-fn warn_unknown_platform(
+async fn warn_unknown_platform(
     shared: &Shared,
     platform: &str,
     notices: &mut Vec<ServerToClient>,
 ) -> Result<(), DbError> {
-    if shared.db.platform_known(platform)? || shared.templates.render(platform, "").is_some() {
+    if shared.db.platform_known(platform).await? || shared.templates.render(platform, "").is_some()
+    {
         return Ok(());
     }
     notices.push(ServerToClient::Notice {
@@ -94,7 +103,7 @@ fn warn_unknown_platform(
     Ok(())
 }
 
-fn check(
+async fn check(
     shared: &Shared,
     job: &JobSpec,
     trigger: &Trigger,
@@ -114,7 +123,7 @@ fn check(
             if let Err(reason) = check_platform(platform) {
                 return Ok(Err(reason));
             }
-            if shared.db.is_dropped(platform)? {
+            if shared.db.is_dropped(platform).await? {
                 return Ok(Err(format!(
                     "platform {platform} is dropped (undrop-platform {platform} first)"
                 )));
@@ -137,8 +146,8 @@ fn check(
 }
 
 /// Removes a job from the schedule and every queue.
-pub fn unschedule(shared: &Arc<Shared>, name: &str) -> Result<Reply, DbError> {
-    if !shared.db.delete_job(name)? {
+pub async fn unschedule(shared: &Arc<Shared>, name: &str) -> Result<Reply, DbError> {
+    if !shared.db.delete_job(name).await? {
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
@@ -147,7 +156,7 @@ pub fn unschedule(shared: &Arc<Shared>, name: &str) -> Result<Reply, DbError> {
 }
 
 /// Sets a job's next run to exactly `next` (and its trigger); queues nothing.
-pub fn reschedule(
+pub async fn reschedule(
     shared: &Arc<Shared>,
     name: &str,
     next: Timestamp,
@@ -156,7 +165,7 @@ pub fn reschedule(
     if let Some(Err(e)) = trigger.as_ref().map(Trigger::validate) {
         return Ok(Err(e.to_string()));
     }
-    if shared.db.job(name)?.is_none() {
+    if shared.db.job(name).await?.is_none() {
         return Ok(Err(format!("no job named {name}")));
     }
     // Queueing nothing now is the point of reschedule; a past NEXT would
@@ -166,7 +175,7 @@ pub fn reschedule(
             "NEXT ({next}) is in the past; use `execute {name}` to run it now"
         )));
     }
-    if !shared.db.reschedule(name, next, trigger.as_ref())? {
+    if !shared.db.reschedule(name, next, trigger.as_ref()).await? {
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
@@ -190,13 +199,13 @@ pub struct Changes {
 /// Changes a job in place: it keeps its name and its history (results are
 /// by name), and its next run unless the trigger changes (a new trigger's
 /// phase starts now).
-pub fn update(
+pub async fn update(
     shared: &Arc<Shared>,
     name: &str,
     changes: Changes,
     notices: &mut Vec<ServerToClient>,
 ) -> Result<Reply, DbError> {
-    let Some(mut entry) = shared.db.job(name)? else {
+    let Some(mut entry) = shared.db.job(name).await? else {
         return Ok(Err(format!("no job named {name}")));
     };
     let Changes {
@@ -224,12 +233,12 @@ pub fn update(
                 if let Err(reason) = check_platform(&new) {
                     return Ok(Err(reason));
                 }
-                if shared.db.is_dropped(&new)? {
+                if shared.db.is_dropped(&new).await? {
                     return Ok(Err(format!(
                         "platform {new} is dropped (undrop-platform {new} first)"
                     )));
                 }
-                warn_unknown_platform(shared, &new, notices)?;
+                warn_unknown_platform(shared, &new, notices).await?;
                 changed.push(format!("platform {new}"));
                 *old_platform = new;
             }
@@ -263,13 +272,13 @@ pub fn update(
         }
     }
     let update = JobUpdate {
-        entry: &entry,
+        entry: entry.clone(),
         new_phase,
         timeout_secs: entry
             .timeout_secs
             .unwrap_or(shared.config.job_timeout.as_secs()),
     };
-    if !shared.db.update_job(&update)? {
+    if !shared.db.update_job(update).await? {
         return Ok(Err(format!("no job named {name}")));
     }
     if new_phase {
@@ -279,7 +288,10 @@ pub fn update(
         shared.wake_platform(platform);
     }
     tracing::info!(job = name, changed = ?changed, "job updated");
-    let next = match (new_phase, shared.db.job(name)?.and_then(|e| e.next_run)) {
+    let next = match (
+        new_phase,
+        shared.db.job(name).await?.and_then(|e| e.next_run),
+    ) {
         (_, None) => "no next run".to_owned(),
         (true, Some(t)) => format!("next run {t}"),
         (false, Some(t)) => format!("next run unchanged ({t})"),

@@ -57,40 +57,45 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
     let mut notices = Vec::new();
     let answer = match command {
         Command::Schedule { period, job } => {
-            schedule_job(shared, &Job::Script(job), period, &mut notices)
+            schedule_job(shared, &Job::Script(job), period, &mut notices).await
         }
         Command::ScheduleOrbBuild { period, job } => {
-            schedule_job(shared, &Job::Orb(job), period, &mut notices)
+            schedule_job(shared, &Job::Orb(job), period, &mut notices).await
         }
         Command::Unschedule { name } => match text(&name, "job name") {
-            Ok(name) => schedule::unschedule(shared, &name),
+            Ok(name) => schedule::unschedule(shared, &name).await,
             Err(reason) => Ok(Err(reason)),
         },
         Command::Reschedule { name, next, period } => match text(&name, "job name") {
-            Ok(name) => schedule::reschedule(
-                shared,
-                &name,
-                Timestamp::from_datetime(next.at),
-                period.map(Period::to_trigger),
-            ),
+            Ok(name) => {
+                schedule::reschedule(
+                    shared,
+                    &name,
+                    Timestamp::from_datetime(next.at),
+                    period.map(Period::to_trigger),
+                )
+                .await
+            }
             Err(reason) => Ok(Err(reason)),
         },
         Command::Execute { name, platform } => {
             let platform = platform.as_deref().map(|p| text(p, "platform")).transpose();
             match (text(&name, "job name"), platform) {
-                (Ok(name), Ok(platform)) => execute::execute(shared, &name, platform.as_deref()),
+                (Ok(name), Ok(platform)) => {
+                    execute::execute(shared, &name, platform.as_deref()).await
+                }
                 (Err(reason), _) | (_, Err(reason)) => Ok(Err(reason)),
             }
         }
         Command::DropPlatform { platform } => match text(&platform, "platform") {
-            Ok(p) => platform::drop(shared, &p, &mut notices),
+            Ok(p) => platform::drop(shared, &p, &mut notices).await,
             Err(reason) => Ok(Err(reason)),
         },
         Command::UndropPlatform { platform } => match text(&platform, "platform") {
-            Ok(p) => platform::undrop(shared, &p),
+            Ok(p) => platform::undrop(shared, &p).await,
             Err(reason) => Ok(Err(reason)),
         },
-        Command::Info => match info(shared, Utc::now()) {
+        Command::Info => match info(shared, Utc::now()).await {
             Ok(info) => {
                 send(conn, &Command::InfoReply(info)).await?;
                 Ok(Ok(None))
@@ -157,14 +162,14 @@ fn text(bytes: &[u8], what: &str) -> Result<String, String> {
 }
 
 /// `schedule` and `schedule_orb_build`: this server's `schedule`.
-fn schedule_job(
+async fn schedule_job(
     shared: &Arc<Shared>,
     job: &Job,
     period: Period,
     notices: &mut Vec<ServerToClient>,
 ) -> Result<Reply, DbError> {
     match JobSpec::try_from(job) {
-        Ok(spec) => schedule::schedule(shared, spec, period.to_trigger(), None, notices),
+        Ok(spec) => schedule::schedule(shared, spec, period.to_trigger(), None, notices).await,
         Err(e) => Ok(Err(e.to_string())),
     }
 }
@@ -180,10 +185,11 @@ fn never() -> DateTime<Utc> {
 /// `--cron` job with the nearest period, see [`Period::nearest`]), each
 /// queue with its scripts, the running builds, the dropped platforms. It
 /// cannot see the workers, job timeouts, results or uploads.
-pub fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
+pub async fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
     let schedule = shared
         .db
-        .jobs()?
+        .jobs()
+        .await?
         .iter()
         .map(|entry| ScheduleItem {
             next: Time::from(entry.next_run.map_or_else(never, Timestamp::to_datetime)),
@@ -192,7 +198,7 @@ pub fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
         })
         .collect();
     let mut queues: Vec<QueueInfo> = Vec::new();
-    for q in shared.db.queue_entries()? {
+    for q in shared.db.queue_entries().await? {
         let job = Job::Script(ScriptJob::new(
             q.job.as_bytes(),
             q.script.as_bytes(),
@@ -222,7 +228,8 @@ pub fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
     queues.sort_by(|a, b| a.platform.cmp(&b.platform));
     let running = shared
         .db
-        .running()?
+        .running()
+        .await?
         .into_iter()
         .map(|r| Running {
             started: Time::from(r.assigned.to_datetime()),
@@ -236,7 +243,8 @@ pub fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> {
         .collect();
     let dropped_platforms = shared
         .db
-        .dropped_platforms()?
+        .dropped_platforms()
+        .await?
         .into_iter()
         .map(String::into_bytes)
         .collect();

@@ -33,7 +33,7 @@ const MAX_STATE_FILE: u64 = 256 * 1024 * 1024;
 ///
 /// The file cannot be read or decoded, the directory is in use by a running
 /// server, or it already holds jobs and `force` is not set.
-pub fn import_state(
+pub async fn import_state(
     dir: &Path,
     config_dir: &Path,
     file: &Path,
@@ -59,7 +59,7 @@ pub fn import_state(
 
     let _lock = layout::open(dir)?;
     let db = Db::open(&layout::db_path(dir))?;
-    let done = match db.import(&import, force)? {
+    let done = match db.import(import, force).await? {
         Ok(done) => done,
         Err(jobs) => anyhow::bail!(
             "{} already holds {jobs} job{}; pass --force to import into it anyway (jobs and queue entries already there are kept, not duplicated)",

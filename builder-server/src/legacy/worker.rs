@@ -91,6 +91,7 @@ async fn wait_for_job(
         let dropped = shared
             .db
             .is_dropped(platform)
+            .await
             .map_err(|e| shared.fatal(e))?;
         let retry = if dropped {
             None
