@@ -22,6 +22,9 @@ use crate::state::Shared;
 pub type Reply = Result<Option<String>, String>;
 
 /// Serves a client's requests until it closes the connection.
+///
+/// Observing is boxed: its state is large, and an idle client's connection
+/// should not carry it.
 pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Result<()> {
     loop {
         let request = tokio::select! {
@@ -82,11 +85,17 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             }
             ClientRequest::Observe { uuid } => {
                 tracing::info!(peer = conn.peer(), %uuid, "observer attached");
-                observe::observe(shared, conn, uuid).await?;
+                Box::pin(observe::observe(shared, conn, uuid)).await?;
                 continue;
             }
             ClientRequest::ObserveLatest { platform, job } => {
-                observe::observe_latest(shared, conn, platform.as_deref(), job.as_deref()).await?;
+                Box::pin(observe::observe_latest(
+                    shared,
+                    conn,
+                    platform.as_deref(),
+                    job.as_deref(),
+                ))
+                .await?;
                 continue;
             }
             ClientRequest::Update {
@@ -110,11 +119,23 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
                 .await,
             ),
             ClientRequest::ExecuteObserve { name, platform } => {
-                execute::execute_observe(shared, conn, &name, platform.as_deref()).await?;
+                Box::pin(execute::execute_observe(
+                    shared,
+                    conn,
+                    &name,
+                    platform.as_deref(),
+                ))
+                .await?;
                 continue;
             }
             ClientRequest::ObserveNext { platform, job } => {
-                observe::observe_next(shared, conn, platform.as_deref(), job.as_deref()).await?;
+                Box::pin(observe::observe_next(
+                    shared,
+                    conn,
+                    platform.as_deref(),
+                    job.as_deref(),
+                ))
+                .await?;
                 continue;
             }
             ClientRequest::Fetch { uuid } => {
