@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use import::{Import, Imported};
 pub use jobs::{trigger_from_text, trigger_to_text, JobUpdate};
@@ -228,8 +228,11 @@ CREATE INDEX queue_uuid ON queue (uuid);
 /// hold back the answers to the first ones.
 pub const MAX_BATCH: usize = 256;
 
+/// Most reads running at once, each on its own read-only connection.
+const MAX_READERS: usize = 4;
+
 /// Most idle read-only connections kept for reuse.
-const MAX_IDLE_READERS: usize = 4;
+const MAX_IDLE_READERS: usize = MAX_READERS;
 
 /// A request's value, its type erased on the way through the owner.
 type Value = Box<dyn Any + Send>;
@@ -247,6 +250,8 @@ struct Request {
 struct Inner {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
+    /// Reads running now (see [`Db::read`]).
+    read_slots: Arc<Semaphore>,
     commits: AtomicU64,
 }
 
@@ -287,6 +292,7 @@ impl Db {
         let inner = Arc::new(Inner {
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
+            read_slots: Arc::new(Semaphore::new(MAX_READERS)),
             commits: AtomicU64::new(0),
         });
         let (requests, received) = mpsc::channel();
@@ -345,21 +351,49 @@ impl Db {
     }
 
     /// Runs `f` on a read-only connection on a blocking thread, started at
-    /// once. It sees every write already answered.
+    /// once when one of [`MAX_READERS`] slots is free. It sees every write
+    /// already answered.
     pub fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SqlError> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, DbError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         let path = inner.path.clone();
-        let reading = tokio::task::spawn_blocking(move || inner.read(f));
+        // At most MAX_READERS at once: a flood of reads (a thousand workers
+        // connecting) waits here instead of taking as many blocking threads
+        // and SQLite connections. A free slot starts the read at once.
+        let slots = Arc::clone(&inner.read_slots);
+        let read = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => Ok(spawn_read(slot, inner, f)),
+            Err(_) => Err((inner, f)),
+        };
         async move {
+            let reading = match read {
+                Ok(reading) => reading,
+                Err((inner, f)) => {
+                    // The semaphore is never closed.
+                    let slot = slots.acquire_owned().await.expect("read slots stay open");
+                    spawn_read(slot, inner, f)
+                }
+            };
             reading.await.map_err(|e| DbError::Panicked {
                 path,
                 what: e.to_string(),
             })?
         }
     }
+}
+
+/// Runs a read on a blocking thread, holding its slot until it is done.
+fn spawn_read<T: Send + 'static>(
+    slot: OwnedSemaphorePermit,
+    inner: Arc<Inner>,
+    f: impl FnOnce(&Connection) -> Result<T, SqlError> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<T, DbError>> {
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        inner.read(f)
+    })
 }
 
 /// Waits for the owner's answer.

@@ -466,3 +466,53 @@ fn per_request_queries_use_an_index() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_readers_reads_run_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc};
+    let (_tmp, db) = db();
+    let running = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut releases = Vec::new();
+    let mut reads = Vec::new();
+    for _ in 0..MAX_READERS + 1 {
+        let (release, released) = mpsc::channel::<()>();
+        releases.push(release);
+        let (running, started, most) = (running.clone(), started.clone(), most.clone());
+        reads.push(tokio::spawn(db.read(move |_| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            started.fetch_add(1, Ordering::SeqCst);
+            let _ = released.recv();
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })));
+    }
+    let wait_started = |n: usize| {
+        let started = started.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while started.load(Ordering::SeqCst) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{n} reads never started"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    // The first MAX_READERS run; the last waits for a slot, which the end
+    // of the first read frees.
+    wait_started(MAX_READERS).await;
+    releases[0].send(()).unwrap();
+    wait_started(MAX_READERS + 1).await;
+    for release in &releases {
+        let _ = release.send(());
+    }
+    for read in reads {
+        read.await.unwrap().unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), MAX_READERS);
+}
