@@ -139,6 +139,13 @@ pub enum LostFate {
 
 /// Queues a job; returns the UUID of its queued build and whether the
 /// queue changed, or `None` if the platform is dropped.
+/// The first and last position in a platform's queue. Two subqueries:
+/// SQLite reads one end of the index for a lone `MIN` or `MAX`, but walks
+/// every row of the platform for both in one query (a schedule call then
+/// slowed down with the length of the queue).
+pub(crate) const QUEUE_ENDS: &str = "SELECT (SELECT MIN(position) FROM queue WHERE platform = ?1),
+        (SELECT MAX(position) FROM queue WHERE platform = ?1)";
+
 pub(crate) fn enqueue_tx(
     tx: &Connection,
     platform: &str,
@@ -155,11 +162,9 @@ pub(crate) fn enqueue_tx(
     if dropped {
         return Ok(None);
     }
-    let (min, max): (Option<i64>, Option<i64>) = tx.query_row(
-        "SELECT MIN(position), MAX(position) FROM queue WHERE platform = ?1",
-        [platform],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (min, max): (Option<i64>, Option<i64>) = tx
+        .prepare_cached(QUEUE_ENDS)?
+        .query_row([platform], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let position = if front {
         min.map_or(0, |m| m - 1)
     } else {

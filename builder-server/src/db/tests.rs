@@ -516,3 +516,27 @@ async fn at_most_max_readers_reads_run_at_once() {
     }
     assert_eq!(most.load(Ordering::SeqCst), MAX_READERS);
 }
+
+#[tokio::test]
+async fn queueing_does_not_walk_the_queue() {
+    let (dir, db) = db();
+    let n = 5000;
+    db.write(move |tx| {
+        for i in 0..n {
+            queues::enqueue_tx(tx, "p", &format!("job{i}"), "true", 60, false)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(db);
+    let c = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let mut stmt = c.prepare(queues::QUEUE_ENDS).unwrap();
+    let ends: (i64, i64) = stmt
+        .query_row(["p"], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(ends, (0, n - 1));
+    // A handful of steps for each end, not one per queued job.
+    let steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
+    assert!(steps < 100, "{steps} steps for a queue of {n}");
+}
