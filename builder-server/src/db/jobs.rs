@@ -4,8 +4,9 @@ use protocol::message::{JobKind, JobSpec, ScheduleEntry, Timestamp};
 use protocol::trigger::Trigger;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::ends;
 use super::queues::enqueue_tx;
-use super::{corrupt, query_all, Db, DbError, SqlError};
+use super::{corrupt, parse_uuid, query_all, Db, DbError, SqlError};
 
 impl Db {
     /// Adds a job to the schedule and queues its first run, in one
@@ -147,7 +148,10 @@ pub fn insert_job(tx: &Connection, entry: &ScheduleEntry) -> Result<usize, SqlEr
 /// there was no such job.
 pub fn delete_job(tx: &Connection, name: &str) -> Result<bool, SqlError> {
     let n = tx.execute("DELETE FROM jobs WHERE name = ?1", [name])?;
-    tx.execute("DELETE FROM queue WHERE job = ?1", [name])?;
+    if n == 1 {
+        let reason = format!("cancelled: job {name} was unscheduled");
+        ends::cancel_queued(tx, ends::Queued::Job(name), &reason, Timestamp::now())?;
+    }
     Ok(n == 1)
 }
 
@@ -206,15 +210,51 @@ pub fn update_job(tx: &Connection, update: &JobUpdate) -> Result<bool, SqlError>
             "UPDATE queue SET script = ?2 WHERE job = ?1",
             params![name, script],
         )?;
-        // A queued run moves to the back of its new platform's queue.
-        tx.execute(
-            "UPDATE queue SET platform = ?2,
-                 position = (SELECT COALESCE(MAX(position), 0) + 1 FROM queue WHERE platform = ?2)
-             WHERE job = ?1 AND platform <> ?2",
-            params![name, platform],
-        )?;
+        move_queued(tx, name, platform)?;
     }
     Ok(true)
+}
+
+/// A script job's queued runs on other platforms than its own `platform`
+/// move to the back of that platform's queue; where the job waits there
+/// already, they are merged into that run.
+fn move_queued(tx: &Connection, name: &str, platform: &str) -> Result<(), SqlError> {
+    let elsewhere = query_all(
+        tx,
+        "SELECT platform FROM queue WHERE job = ?1 AND platform <> ?2",
+        params![name, platform],
+        |r| r.get::<_, String>(0),
+    )?;
+    for from in elsewhere {
+        let waiting: Option<Option<Vec<u8>>> = tx
+            .query_row(
+                "SELECT uuid FROM queue WHERE platform = ?1 AND job = ?2",
+                params![platform, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match waiting {
+            Some(Some(into)) => {
+                let into = parse_uuid(&into)?;
+                ends::merge_queued(tx, &from, name, into, Timestamp::now())?;
+            }
+            // Nothing there, or an entry without a UUID (never shown to
+            // anyone): this run takes its place.
+            _ => {
+                tx.execute(
+                    "DELETE FROM queue WHERE platform = ?1 AND job = ?2",
+                    params![platform, name],
+                )?;
+                tx.execute(
+                    "UPDATE queue SET platform = ?2,
+                         position = (SELECT COALESCE(MAX(position), 0) + 1 FROM queue WHERE platform = ?2)
+                     WHERE job = ?1 AND platform = ?3",
+                    params![name, platform, from],
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One scheduled job.

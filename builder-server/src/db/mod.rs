@@ -15,7 +15,8 @@
 //!
 //! The tables' SQL lives by table: [`jobs`] (jobs and schedule), [`queues`]
 //! (queues and running builds), [`platforms`], [`results`] (results and
-//! the upload spool), [`import`] (the reference's state). Their functions
+//! the upload spool), [`ends`] (builds that end without running: cancelled
+//! or merged), [`import`] (the reference's state). Their functions
 //! take a `&Connection` and fail with [`SqlError`], which `?` makes from a
 //! rusqlite error; the owner or the reader adds the database's path.
 //!
@@ -27,6 +28,7 @@
 //! `cron:EXPR`); a result's record path as text, `''` for a build that could
 //! not be stored (it is indexed, never uploaded).
 
+pub mod ends;
 pub mod import;
 pub mod jobs;
 pub mod platforms;
@@ -221,6 +223,13 @@ CREATE INDEX jobs_next_run ON jobs (next_run);
 CREATE INDEX jobs_kind_platform ON jobs (kind, platform);
 CREATE INDEX queue_job ON queue (job);
 CREATE INDEX queue_uuid ON queue (uuid);
+"#,
+    r#"
+-- Every UUID handed out ends in the index: a queued build removed before
+-- it ran is recorded cancelled; one folded into another build of the same
+-- job names that build (see db/ends.rs).
+ALTER TABLE results ADD COLUMN merged_into BLOB;
+ALTER TABLE results ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 

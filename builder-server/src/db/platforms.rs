@@ -4,7 +4,7 @@
 use protocol::message::Timestamp;
 use rusqlite::{params, Connection};
 
-use super::{query_all, Db, DbError, SqlError};
+use super::{ends, query_all, Db, DbError, SqlError};
 
 impl Db {
     /// Drops a platform: its queue and script jobs go, new ones are
@@ -63,7 +63,13 @@ pub fn drop_platform(tx: &Connection, platform: &str) -> Result<Option<Vec<Strin
     if n == 0 {
         return Ok(None);
     }
-    tx.execute("DELETE FROM queue WHERE platform = ?1", [platform])?;
+    let reason = format!("cancelled: platform {platform} was dropped");
+    ends::cancel_queued(
+        tx,
+        ends::Queued::Platform(platform),
+        &reason,
+        Timestamp::now(),
+    )?;
     let mut stmt =
         tx.prepare("DELETE FROM jobs WHERE kind = 'script' AND platform = ?1 RETURNING name")?;
     let mut names = stmt

@@ -306,7 +306,8 @@ pub fn claim(
 
 /// A build's worker was lost: put it back at the front of its queue, or
 /// hand it back for recording as aborted when it lost [`MAX_LOST`]
-/// workers in a row.
+/// workers in a row. A run of the same job already queued there is merged
+/// into it (see [`super::ends`]): no UUID is ever overwritten.
 pub fn worker_lost(tx: &Connection, uuid: Uuid) -> Result<LostFate, SqlError> {
     let Some(running) = running_tx(tx, uuid)? else {
         return Ok(LostFate::Unknown);
@@ -319,21 +320,22 @@ pub fn worker_lost(tx: &Connection, uuid: Uuid) -> Result<LostFate, SqlError> {
     }
     tx.execute("DELETE FROM running WHERE uuid = ?1", [uuid.as_bytes()])?;
     let job = &running.job;
-    let min: Option<i64> = tx.query_row(
-        "SELECT MIN(position) FROM queue WHERE platform = ?1",
-        [&job.platform],
-        |r| r.get(0),
-    )?;
+    // The queue holds one run of a job: one already waiting is merged into
+    // this build, which keeps its UUID, and takes the newest script.
+    let (script, timeout_secs) =
+        super::ends::merge_queued(tx, &job.platform, &job.job, uuid, Timestamp::now())?
+            .unwrap_or_else(|| (job.script.clone(), job.timeout_secs));
+    let (min, _): (Option<i64>, Option<i64>) = tx
+        .prepare_cached(QUEUE_ENDS)?
+        .query_row([&job.platform], |r| Ok((r.get(0)?, r.get(1)?)))?;
     tx.execute(
-        "INSERT INTO queue (platform, job, position, script, timeout_secs, lost, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (platform, job) DO UPDATE SET position = excluded.position, lost = excluded.lost,
-             uuid = excluded.uuid",
+        "INSERT INTO queue (platform, job, position, script, timeout_secs, lost, uuid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             job.platform,
             job.job,
             min.map_or(0, |m| m - 1),
-            job.script,
-            job.timeout_secs as i64,
+            script,
+            timeout_secs as i64,
             lost as i64,
             uuid.as_bytes(),
         ],

@@ -213,6 +213,7 @@ pub fn result(tx: &Connection, uuid: Uuid) -> Result<Option<ResultSummary>, SqlE
 }
 
 /// The newest finished build matching the filters: (uuid, started).
+/// Builds that never ran (cancelled or merged while queued) do not count.
 pub fn latest_result(
     tx: &Connection,
     platform: Option<&str>,
@@ -221,6 +222,7 @@ pub fn latest_result(
     let row: Option<(Vec<u8>, i64)> = tx
         .query_row(
             "SELECT uuid, started FROM results WHERE (?1 IS NULL OR platform = ?1) AND (?2 IS NULL OR job = ?2)
+                 AND merged_into IS NULL AND cancelled = 0
              ORDER BY started DESC, rowid DESC LIMIT 1",
             params![platform, job],
             |r| Ok((r.get(0)?, r.get(1)?)),
