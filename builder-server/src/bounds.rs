@@ -4,7 +4,8 @@
 //! - Artifacts: at most `--max-artifacts` files and `--max-artifact-bytes`
 //!   bytes per build, counted from the bytes that arrive (an announced
 //!   length is only the worker's word). Past either, the build is aborted
-//!   with a reason naming the flag ([`ArtifactBudget`]).
+//!   with a reason naming the flag; a path sent twice aborts it naming the
+//!   path ([`ArtifactBudget`]).
 //! - Console lines: at most [`MAX_CONSOLE_LINE`] bytes each (what an honest
 //!   worker sends at most); a longer one is cut there and followed by a line
 //!   saying so ([`bound_lines`]).
@@ -17,6 +18,9 @@
 //!   its timeout plus [`BuildLimits::timeout_grace`] (see the worker
 //!   handler) and records the build aborted `timeout`.
 
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::hash::RandomState;
 use std::time::Duration;
 
 use protocol::message::{JobOutcome, OutputLine, Timestamp, MAX_CONSOLE_LINE};
@@ -56,12 +60,19 @@ impl Default for BuildLimits {
     }
 }
 
-/// Counts one build's artifacts against the limits.
+/// Counts one build's artifacts against the limits, and refuses a path sent
+/// twice (a record holding two artifacts of one path cannot be unpacked).
 #[derive(Debug)]
 pub struct ArtifactBudget {
     limits: BuildLimits,
     count: usize,
     bytes: u64,
+    /// The paths seen, hashed: a path may be as long as a frame, so keeping
+    /// them would hold up to `--max-artifacts` frames. The hasher's keys are
+    /// random per process, so a worker cannot make two paths collide on
+    /// purpose; by chance, with 10 000 paths, the odds are about 1 in 10^11.
+    paths: HashSet<u64>,
+    hasher: RandomState,
 }
 
 impl ArtifactBudget {
@@ -71,16 +82,22 @@ impl ArtifactBudget {
             limits,
             count: 0,
             bytes: 0,
+            paths: HashSet::new(),
+            hasher: RandomState::new(),
         }
     }
 
-    /// One more artifact starts. `Err` is the abort message.
-    pub fn start(&mut self) -> Result<(), String> {
+    /// One more artifact starts at `path`. `Err` is the abort message.
+    pub fn start(&mut self, path: &[u8]) -> Result<(), String> {
         if self.count >= self.limits.max_artifacts {
             return Err(format!(
                 "more than {} artifacts (--max-artifacts)",
                 self.limits.max_artifacts
             ));
+        }
+        if !self.paths.insert(self.hasher.hash_one(path)) {
+            let shown: String = protocol::record::lossy(path).chars().take(256).collect();
+            return Err(format!("artifact {shown:?} sent twice"));
         }
         self.count += 1;
         Ok(())
@@ -166,17 +183,26 @@ mod tests {
     #[test]
     fn artifacts_are_counted_and_their_bytes_summed() {
         let mut budget = ArtifactBudget::new(limits(2, 10));
-        budget.start().unwrap();
+        budget.start(b"a").unwrap();
         budget.bytes(6).unwrap();
-        budget.start().unwrap();
+        budget.start(b"b").unwrap();
         budget.bytes(4).unwrap();
         let err = budget.bytes(1).unwrap_err();
         assert!(err.contains("--max-artifact-bytes"), "{err}");
-        let err = budget.start().unwrap_err();
+        let err = budget.start(b"c").unwrap_err();
         assert!(
             err.contains("more than 2 artifacts (--max-artifacts)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_path_sent_twice_is_refused_by_name() {
+        let mut budget = ArtifactBudget::new(limits(10, 10));
+        budget.start(b"bin/x").unwrap();
+        budget.start(b"bin/y").unwrap();
+        let err = budget.start(b"bin/x").unwrap_err();
+        assert_eq!(err, "artifact \"bin/x\" sent twice");
     }
 
     #[test]

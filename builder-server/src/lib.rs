@@ -25,6 +25,7 @@
 
 pub mod admission;
 pub mod bounds;
+pub mod build;
 pub mod cli;
 pub mod client;
 pub mod db;
@@ -183,7 +184,7 @@ pub async fn run(
     let token = CancellationToken::new();
     let shared = Arc::new(Shared::new(config, db, token.clone()));
 
-    worker::recover(&shared).await?;
+    build::recover(&shared).await?;
 
     let mut tasks = JoinSet::new();
     tasks.spawn(scheduler::run(shared.clone()));
@@ -453,7 +454,7 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<First, Str
         match shared.db.is_dropped(platform).await {
             Ok(true) => return Err(format!("platform {platform} is dropped")),
             Ok(false) => {}
-            Err(e) => return Err(shared.fatal(e).to_string()),
+            Err(e) => return Err(shared.refuse_or_stop(e).to_string()),
         }
     }
     Ok(First::Hello(hello))

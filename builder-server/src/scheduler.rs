@@ -44,7 +44,7 @@ pub async fn run_with_clock(shared: Arc<Shared>, now: impl Fn() -> Timestamp) {
         let next = match shared.db.earliest_next_run().await {
             Ok(next) => next,
             Err(e) => {
-                shared.fatal(e);
+                shared.refuse_or_stop(e);
                 return;
             }
         };
@@ -69,7 +69,7 @@ pub async fn queue_due(shared: &Shared, now: Timestamp) -> Result<(), DbError> {
             shared.config.job_timeout.as_secs(),
         )
         .await
-        .map_err(|e| shared.fatal(e))?;
+        .map_err(|e| shared.refuse_or_stop(e))?;
     for platform in platforms {
         shared.wake_platform(&platform);
     }

@@ -82,7 +82,9 @@ impl Shared {
         self.platform_wakeup(platform).notify_waiters();
     }
 
-    /// A failure to persist state, classified here and nowhere else.
+    /// A failure to persist state, classified here and nowhere else:
+    /// either that one change is refused (returned for the caller to
+    /// answer with), or the server stops (and the error is returned too).
     ///
     /// A full disk ([`DbError::is_disk_full`]) refuses that one change: the
     /// caller answers whoever asked with the error, the server keeps serving
@@ -91,17 +93,17 @@ impl Shared {
     /// request and goes on. Anything else (a corrupt
     /// or vanished database) stops the server, since it can no longer keep
     /// its promise that acknowledged changes are durable.
-    pub fn fatal(&self, error: DbError) -> DbError {
+    pub fn refuse_or_stop(&self, error: DbError) -> DbError {
         let chain = protocol::Chain(&error).to_string();
         if error.is_disk_full() {
-            tracing::error!(error = ?chain, "disk full: a change to the state was refused");
+            tracing::error!(error = %chain, "disk full: a change to the state was refused");
             return error;
         }
         if error.is_refused() {
-            tracing::error!(error = ?chain, "a change to the state was refused");
+            tracing::error!(error = %chain, "a change to the state was refused");
             return error;
         }
-        tracing::error!(error = ?chain, "cannot persist state; shutting down");
+        tracing::error!(error = %chain, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
             *fatal = Some(anyhow::anyhow!(chain));

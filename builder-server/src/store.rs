@@ -228,6 +228,20 @@ impl JobDirs {
         durable.insert(job_dir.to_owned());
         Ok(())
     }
+
+    /// Removes `job_dir` if it is empty (blocking), so that a job whose
+    /// builds all ended without a record (lost, cancelled) leaves no empty
+    /// folder behind. It is forgotten as durable: whoever creates it again
+    /// (a spool, a record) makes its entry durable again before a record
+    /// counts on it.
+    pub fn remove_if_empty(&self, job_dir: &Path) {
+        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+        // It fails when not empty (another build of the job has a folder
+        // there) or already gone: both fine.
+        if fs::remove_dir(job_dir).is_ok() {
+            durable.remove(job_dir);
+        }
+    }
 }
 
 /// Writes the record durably to `build_dir/full` (blocking: call from a
@@ -244,7 +258,17 @@ pub fn write_full(
         .parent()
         .expect("a build directory is inside its job directory");
     job_dirs.ensure_durable(job_dir)?;
-    fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
+    match fs::create_dir(build_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        // The job's folder was removed meanwhile (its other builds ended
+        // without a record): created again, and made durable again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            job_dirs.ensure_durable(job_dir)?;
+            fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
+        }
+        Err(e) => return Err(io_err(build_dir)(e)),
+    }
     let partial = build_dir.join("full.partial");
     let full = build_dir.join("full");
     let written = write_partial(&partial, head, console, artifacts)

@@ -180,7 +180,7 @@ pub async fn run(shared: Arc<Shared>) {
         ),
         // A full disk: they join at the next start.
         Err(e) => {
-            if !shared.fatal(e).is_disk_full() {
+            if !shared.refuse_or_stop(e).is_disk_full() {
                 return;
             }
         }
@@ -203,7 +203,7 @@ pub async fn run(shared: Arc<Shared>) {
             {
                 Ok(due) => due,
                 Err(e) => {
-                    shared.fatal(e);
+                    shared.refuse_or_stop(e);
                     return;
                 }
             };
@@ -224,7 +224,7 @@ pub async fn run(shared: Arc<Shared>) {
                     .clamp(Duration::from_millis(10), Duration::from_secs(60)),
                 Ok(None) => Duration::from_secs(60),
                 Err(e) => {
-                    shared.fatal(e);
+                    shared.refuse_or_stop(e);
                     return;
                 }
             },
@@ -241,7 +241,7 @@ pub async fn run(shared: Arc<Shared>) {
                         tracing::error!(%uuid, %error);
                         let next = now.saturating_add(config.backoff_cap);
                         if let Err(e) = shared.db.upload_failed(uuid, &error, next).await {
-                            shared.fatal(e);
+                            shared.refuse_or_stop(e);
                             return;
                         }
                         continue;
@@ -279,7 +279,7 @@ pub async fn run(shared: Arc<Shared>) {
                 // is sent again (builder-web answers 409 if it has it).
                 // Paused a little, so that is not at once.
                 if let Err(e) = recorded {
-                    if !shared.fatal(e).is_disk_full() {
+                    if !shared.refuse_or_stop(e).is_disk_full() {
                         return;
                     }
                     let at = tokio::time::Instant::now() + Duration::from_secs(5);

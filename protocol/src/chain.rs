@@ -27,6 +27,15 @@ impl<E: Error + ?Sized> fmt::Display for Chain<'_, E> {
     }
 }
 
+/// The chain as a quoted string, so that `error = ?Chain(&e)` is how a
+/// log line carries an error: whole, and one logfmt value however many
+/// spaces it holds. This is the one way errors are logged in builder.
+impl<E: Error + ?Sized> fmt::Debug for Chain<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +48,9 @@ mod tests {
     fn each_cause_once_in_order() {
         let e = Outer(std::io::Error::other("denied"));
         assert_eq!(Chain(&e).to_string(), "cannot read token file /x: denied");
+        assert_eq!(
+            format!("{:?}", Chain(&e)),
+            "\"cannot read token file /x: denied\""
+        );
     }
 }

@@ -339,6 +339,22 @@ pub enum WorkerMessage {
     },
 }
 
+impl WorkerMessage {
+    /// What the message is, in words, for logs and failure reasons
+    /// (`unexpected console output before a job request`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerMessage::RequestJob => "job request",
+            WorkerMessage::Heartbeat => "heartbeat",
+            WorkerMessage::Started { .. } => "start report",
+            WorkerMessage::Console { .. } => "console output",
+            WorkerMessage::ArtifactStart { .. } => "artifact",
+            WorkerMessage::ArtifactChunk { .. } => "artifact chunk",
+            WorkerMessage::Finished { .. } => "result",
+        }
+    }
+}
+
 /// From the server to a worker, after the hello.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ServerToWorker {

@@ -34,7 +34,7 @@ pub async fn execute_observe(
 ) -> anyhow::Result<()> {
     let queued = queue_front(shared, name, platform, true)
         .await
-        .map_err(|e| shared.fatal(e))?;
+        .map_err(|e| shared.refuse_or_stop(e))?;
     match queued.as_deref() {
         Ok([(_, uuid)]) => {
             let uuid = *uuid;

@@ -19,13 +19,13 @@ pub async fn fetch(shared: &Arc<Shared>, conn: &mut Connection, uuid: Uuid) -> a
         .db
         .result_path(uuid)
         .await
-        .map_err(|e| shared.fatal(e))?
+        .map_err(|e| shared.refuse_or_stop(e))?
     else {
         let pending = shared
             .db
             .is_pending(uuid)
             .await
-            .map_err(|e| shared.fatal(e))?;
+            .map_err(|e| shared.refuse_or_stop(e))?;
         let reason = if pending {
             format!("build {uuid} has not finished yet (observe it with `observe {uuid}`)")
         } else {

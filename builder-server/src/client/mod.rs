@@ -68,9 +68,11 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
             ClientRequest::UndropPlatform { platform } => {
                 reply(platform::undrop(shared, &platform).await)
             }
-            ClientRequest::Cancel { uuid } => reply(Ok(cancel::cancel(shared, uuid))),
+            ClientRequest::Cancel { uuid } => reply(cancel::cancel(shared, uuid).await),
             ClientRequest::Info => {
-                let parts = info::info(shared).await.map_err(|e| shared.fatal(e))?;
+                let parts = info::info(shared)
+                    .await
+                    .map_err(|e| shared.refuse_or_stop(e))?;
                 for part in &parts {
                     conn.feed(part).await?;
                 }
@@ -166,7 +168,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
 /// either way; only a full disk leaves the server (and the connection)
 /// serving.
 pub(crate) fn persist_failure(shared: &Shared, e: DbError) -> (DbError, String) {
-    let e = shared.fatal(e);
+    let e = shared.refuse_or_stop(e);
     let reason = if e.is_disk_full() {
         format!("disk full: the server cannot save the change; free space in its state directory and try again ({e})")
     } else {

@@ -50,12 +50,13 @@ const BATCH: u64 = 1024;
 const QUEUED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Streams one build to the client: waits while it is queued, follows it
-/// while it runs (through requeues: a build keeps its UUID), replays it
-/// once stored.
+/// while it runs (through requeues: a build keeps its UUID, and into the
+/// build it was merged with, see [`crate::db::ends`]), replays it once
+/// stored.
 pub async fn observe(
     shared: &Arc<Shared>,
     conn: &mut impl ObserveSink,
-    uuid: Uuid,
+    mut uuid: Uuid,
 ) -> anyhow::Result<()> {
     // Subscribed before looking, so a start in between is not missed.
     let mut starts = shared.live.subscribe_starts();
@@ -85,15 +86,35 @@ pub async fn observe(
                 }
             }
         }
+        if let Some(into) = shared
+            .db
+            .merged_into(uuid)
+            .await
+            .map_err(|e| shared.refuse_or_stop(e))?
+        {
+            // Never ran: another build of its job runs in its place.
+            conn.send(&ServerToClient::Notice {
+                message: format!("build {uuid} was merged into {into}, a build of the same job; following {into}"),
+            })
+            .await?;
+            uuid = into;
+            last = None;
+            continue;
+        }
         if let Some(path) = shared
             .db
             .result_path(uuid)
             .await
-            .map_err(|e| shared.fatal(e))?
+            .map_err(|e| shared.refuse_or_stop(e))?
         {
             return replay(conn, uuid, path, 0, !header_sent).await;
         }
-        if let Some(r) = shared.db.result(uuid).await.map_err(|e| shared.fatal(e))? {
+        if let Some(r) = shared
+            .db
+            .result(uuid)
+            .await
+            .map_err(|e| shared.refuse_or_stop(e))?
+        {
             // Indexed without a record (it could not be stored): no
             // console, the end says why.
             if !header_sent {
@@ -116,7 +137,7 @@ pub async fn observe(
             .db
             .is_pending(uuid)
             .await
-            .map_err(|e| shared.fatal(e))?
+            .map_err(|e| shared.refuse_or_stop(e))?
             && last.is_none()
         {
             conn.send(&ServerToClient::Failure {
@@ -130,7 +151,7 @@ pub async fn observe(
                 .db
                 .is_pending(uuid)
                 .await
-                .map_err(|e| shared.fatal(e))?
+                .map_err(|e| shared.refuse_or_stop(e))?
         {
             // Requeued, then neither queued, running nor stored: it was
             // unscheduled or its platform dropped.
@@ -164,7 +185,7 @@ pub async fn observe_latest(
         .db
         .latest_result(platform, job)
         .await
-        .map_err(|e| shared.fatal(e))?;
+        .map_err(|e| shared.refuse_or_stop(e))?;
     let newest = match (live, done) {
         (Some(l), Some(d)) => Some(if l.1 >= d.1 { l.0 } else { d.0 }),
         (l, d) => l.or(d).map(|(uuid, _)| uuid),
@@ -353,7 +374,7 @@ async fn from_record(
         .db
         .result_path(uuid)
         .await
-        .map_err(|e| shared.fatal(e))?
+        .map_err(|e| shared.refuse_or_stop(e))?
     {
         Some(path) => replay(conn, uuid, path, from, !started)
             .await
@@ -570,7 +591,7 @@ mod tests {
     /// Writes the build's record from its spool and indexes it.
     async fn store(setup: &mut Setup, end: Timestamp, outcome: JobOutcome) {
         let spooled = setup.spool.take().unwrap().finish().await;
-        crate::worker::store_result(
+        crate::build::finish::store_result(
             &setup.shared,
             &setup.running,
             setup.running.assigned,

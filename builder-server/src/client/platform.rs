@@ -40,6 +40,9 @@ pub async fn drop(
     shared.wake_platform(platform);
     shared.schedule_changed.notify_one();
     tracing::info!(platform, removed_jobs = ?removed, "platform dropped");
+    for job in &removed {
+        crate::build::finish::remove_empty_job_dir(shared, job).await;
+    }
     let jobs = match removed.as_slice() {
         [] => "no script jobs removed".to_owned(),
         [one] => format!("removed script job {one}"),

@@ -151,6 +151,7 @@ pub async fn unschedule(shared: &Arc<Shared>, name: &str) -> Result<Reply, DbErr
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
+    crate::build::finish::remove_empty_job_dir(shared, name).await;
     tracing::info!(job = name, "job unscheduled");
     Ok(Ok(None))
 }

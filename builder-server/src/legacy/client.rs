@@ -97,8 +97,19 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         },
         Command::Info => match info(shared, Utc::now()).await {
             Ok(info) => {
-                send(conn, &Command::InfoReply(info)).await?;
-                Ok(Ok(None))
+                // Fitted to the frame limit by leaving scripts out; what
+                // cannot fit even so is refused with a reason, never cut
+                // off by a closed connection.
+                let reply = Command::InfoReply(info).encode();
+                if reply.len() > shared.config.max_frame {
+                    Ok(Err(format!(
+                        "the schedule does not fit in one answer of --max-frame {} bytes even without scripts; use this project's builder-client",
+                        shared.config.max_frame
+                    )))
+                } else {
+                    conn.send_frame(&reply).await?;
+                    Ok(Ok(None))
+                }
             }
             Err(e) => Err(e),
         },
@@ -248,12 +259,48 @@ pub async fn info(shared: &Shared, now: DateTime<Utc>) -> Result<Info, DbError> 
         .into_iter()
         .map(String::into_bytes)
         .collect();
-    Ok(Info {
+    let mut info = Info {
         schedule,
         queues,
         running,
         dropped_platforms,
-    })
+    };
+    leave_out_scripts(&mut info, shared.config.max_frame / 2);
+    Ok(info)
+}
+
+/// A reference client's `info` carries every script, and must fit in one
+/// frame: past `budget` bytes of scripts, each further script is replaced
+/// by a comment saying it was left out and how to see it.
+fn leave_out_scripts(info: &mut Info, budget: usize) {
+    let mut used = 0usize;
+    let scripts = info
+        .schedule
+        .iter_mut()
+        .filter_map(|item| match &mut item.job {
+            Job::Script(job) => Some(job),
+            Job::Orb(_) => None,
+        })
+        .chain(info.queues.iter_mut().flat_map(|q| {
+            q.jobs.iter_mut().filter_map(|job| match job {
+                Job::Script(job) => Some(job),
+                Job::Orb(_) => None,
+            })
+        }))
+        .chain(info.running.iter_mut().map(|r| &mut r.job));
+    for job in scripts {
+        let len = job.script.len();
+        if used.saturating_add(len) <= budget {
+            used += len;
+            continue;
+        }
+        job.script = format!(
+            "# builder: this script of {len} bytes is left out of `info`, whose answer must fit in one frame; `builder-client show {}` prints it\n",
+            protocol::record::lossy(&job.name)
+        )
+        .into_bytes();
+        used = used.saturating_add(job.script.len());
+    }
 }
 
 /// The observe stream in the reference's commands: every console line as
