@@ -390,60 +390,6 @@ fn unexpected<T>(msg: ServerToClient) -> Result<T> {
     }
 }
 
-/// Prints a failure: `error: {:#}` on stderr, or `{"error": "..."}` with
-/// `--json`. Returns exit status 1.
-pub fn report_error(err: &anyhow::Error, json: bool) -> ExitCode {
-    if json {
-        eprintln!("{}", serde_json::json!({ "error": format!("{err:#}") }));
-    } else {
-        eprintln!("error: {err:#}");
-    }
-    ExitCode::FAILURE
-}
-
-/// Reports a command-line error. Help and version go to stdout with status
-/// 0. A usage error keeps clap's usage and tip, but ends with exactly one
-/// line `error: ...` (clap starts with it, and may spread it over several
-/// lines), so `tail -1` and log scrapers see the error; exit status 2.
-/// With `--json`, the error alone as `{"error": "..."}`.
-pub fn usage_error(err: clap::Error, json: bool) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
-        let _ = err.print();
-        return ExitCode::SUCCESS;
-    }
-    let rendered = err.render().to_string();
-    let (message, rest) = split_usage_error(&rendered);
-    if json {
-        eprintln!("{}", serde_json::json!({ "error": message }));
-    } else {
-        if !rest.is_empty() {
-            eprintln!("{rest}");
-        }
-        eprintln!("error: {message}");
-    }
-    ExitCode::from(2)
-}
-
-/// Splits clap's rendered error into its message (the first paragraph,
-/// without `error: `, on one line) and the rest (usage, tips).
-fn split_usage_error(rendered: &str) -> (String, String) {
-    let text = rendered.trim_end();
-    let (first, rest) = text.split_once("\n\n").unwrap_or((text, ""));
-    let message = first
-        .strip_prefix("error: ")
-        .unwrap_or(first)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    (message, rest.trim().to_owned())
-}
-
 /// True when `err` is (caused by) a broken pipe on stdout, e.g.
 /// `builder-client observe ... | head`: not worth an error message.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {

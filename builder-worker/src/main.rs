@@ -4,20 +4,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use builder_logging::exit;
 use builder_worker::cli::Cli;
 use builder_worker::{default_name, Config};
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match exit::parse_args::<Cli>(false) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     builder_logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::failure(&e, false),
     }
 }
 
