@@ -102,6 +102,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         _ => match answer(&mut session, "answering the request", cli.json).await? {
             ServerToClient::Success { detail } => {
+                // Every change confirms; a server that says nothing about
+                // an unschedule still did it.
+                let detail = match (&request, detail) {
+                    (ClientRequest::Unschedule { name }, None) => {
+                        Some(format!("unscheduled {name}"))
+                    }
+                    (_, detail) => detail,
+                };
                 let mut out = io::stdout().lock();
                 if cli.json {
                     output::write_json_line(
@@ -324,7 +332,10 @@ async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
                 } else {
                     // Keep the note in place relative to the console.
                     out.flush()?;
-                    eprintln!("[{lines} lines not shown: observer too slow]");
+                    eprintln!(
+                        "[{} not shown: observer too slow]",
+                        units::count(lines as usize, "line")
+                    );
                 }
             }
             ServerToClient::Notice { message } => {

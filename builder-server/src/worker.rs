@@ -243,7 +243,12 @@ impl Session<'_> {
             map,
         );
         let mut budget = ArtifactBudget::new(self.shared.config.limits);
-        let mut started = running.assigned;
+        // The build starts when it is handed to the worker, as for legacy
+        // workers and in `info`: observers get the header with this time
+        // before the worker says it started, so the record, `results` and
+        // every observer share this one start (and one duration). The
+        // worker's own start time (`Started`) is a few ms later.
+        let started = running.assigned;
         // The server's own deadline: the worker kills the job at its
         // timeout; this catches a worker that does not.
         let allowed = Duration::from_secs(job.timeout_secs)
@@ -281,13 +286,7 @@ impl Session<'_> {
                         };
                         let step = match msg {
                             WorkerMessage::Heartbeat => Ok(()),
-                            WorkerMessage::Started { uuid: u, at } if u == uuid => {
-                                // Not before the job was handed out, not in
-                                // the future.
-                                started = bounds::clamp(at, running.assigned, Timestamp::now());
-                                live.set_started(started);
-                                Ok(())
-                            }
+                            WorkerMessage::Started { uuid: u, .. } if u == uuid => Ok(()),
                             WorkerMessage::Console { uuid: u, lines } if u == uuid => {
                                 match live.push(bounds::bound_lines(lines)) {
                                     Some(batch) => self.spooling(spool.console(batch)).await,
