@@ -99,7 +99,7 @@ pub enum Command {
         #[command(flatten)]
         trigger: TriggerArgs,
         /// Kill the job after SECS seconds (default: the server's).
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", value_parser = parse_job_timeout)]
         timeout: Option<u64>,
     },
     /// Schedule an opam package built with orb on every platform the server
@@ -113,7 +113,7 @@ pub enum Command {
         #[command(flatten)]
         trigger: TriggerArgs,
         /// Kill the job after SECS seconds (default: the server's).
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", value_parser = parse_job_timeout)]
         timeout: Option<u64>,
     },
     /// Remove a job from the schedule and from every queue.
@@ -210,7 +210,7 @@ pub enum Command {
         #[command(flatten)]
         trigger: TriggerArgs,
         /// A new timeout: kill the job after SECS seconds.
-        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECS", value_parser = parse_job_timeout)]
         timeout: Option<u64>,
         /// A new platform (script jobs only).
         #[arg(long, value_name = "P")]
@@ -322,10 +322,35 @@ pub fn parse_cron(s: &str) -> Result<Trigger, String> {
     Trigger::cron(s).map_err(|e| e.to_string())
 }
 
-/// Parses an RFC 3339 time; the error quotes it.
+/// Parses a job timeout in whole seconds, at least 1.
+pub fn parse_job_timeout(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("the timeout must be at least 1 second (e.g. 3600 for an hour)".into()),
+        Ok(secs) => Ok(secs),
+        Err(_) => Err(format!(
+            "'{s}' is not a whole number of seconds (e.g. 3600 for an hour)"
+        )),
+    }
+}
+
+/// Parses an RFC 3339 time; the error quotes it and, for a time without
+/// its UTC offset or a date alone, says what to add.
 pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
     let t = chrono::DateTime::parse_from_rfc3339(s)
-        .map_err(|e| format!("invalid RFC 3339 time '{s}': {e} (example: 2025-01-31T04:00:00Z)"))?
+        .map_err(|e| {
+            let local = |f| chrono::NaiveDateTime::parse_from_str(s, f).is_ok();
+            if local("%Y-%m-%dT%H:%M:%S%.f") || local("%Y-%m-%d %H:%M:%S%.f") {
+                format!(
+                    "time '{s}' has no UTC offset: add Z for UTC or the offset (e.g. {s}Z or {s}+01:00)"
+                )
+            } else if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+                format!(
+                    "'{s}' is a date without a time: give the time and its UTC offset (e.g. {s}T04:00:00Z)"
+                )
+            } else {
+                format!("invalid RFC 3339 time '{s}': {e} (example: 2025-01-31T04:00:00Z)")
+            }
+        })?
         .with_timezone(&chrono::Utc);
     t.timestamp_nanos_opt()
         .map(Timestamp)
@@ -379,10 +404,23 @@ mod tests {
         );
         let err = parse_rfc3339("tomorrow").unwrap_err();
         assert!(err.contains("'tomorrow'"), "{err}");
-        assert!(parse_rfc3339("2025-01-31").is_err());
+        let err = parse_rfc3339("2025-01-31").unwrap_err();
+        assert!(err.contains("2025-01-31T04:00:00Z"), "{err}");
+        let err = parse_rfc3339("2030-01-01T00:00:00").unwrap_err();
+        assert!(err.contains("no UTC offset"), "{err}");
+        assert!(err.contains("2030-01-01T00:00:00Z"), "{err}");
         assert!(parse_rfc3339("3000-01-01T00:00:00Z")
             .unwrap_err()
             .contains("out of range"));
+    }
+
+    #[test]
+    fn job_timeouts() {
+        assert_eq!(parse_job_timeout("60"), Ok(60));
+        assert!(parse_job_timeout("0")
+            .unwrap_err()
+            .contains("at least 1 second"));
+        assert!(parse_job_timeout("-1").unwrap_err().contains("'-1'"));
     }
 
     #[test]

@@ -26,19 +26,22 @@ impl Session {
     /// not accept within `timeouts.connect`; `... probably not a
     /// builder-server` when it does not answer the hello in time;
     /// `server refused the connection: <reason>` when it refuses the hello
-    /// (see [`protocol::handshake::HandshakeError`]).
+    /// (see [`protocol::handshake::HandshakeError`]), followed by how to
+    /// give a token when none was sent and the refusal is about it.
     pub async fn open(
         remote: &str,
         token: Option<String>,
         timeouts: handshake::Timeouts,
     ) -> Result<Session> {
         tracing::debug!(remote, "connecting");
+        let token_sent = token.is_some();
         let hello = Hello::client(
             token,
             format!("builder-client {}", env!("CARGO_PKG_VERSION")),
         );
-        let (conn, server) =
-            handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, timeouts).await?;
+        let (conn, server) = handshake::connect(remote, &hello, DEFAULT_MAX_FRAME, timeouts)
+            .await
+            .map_err(|e| with_token_hint(e, token_sent))?;
         tracing::debug!(
             version = server.version,
             software = %server.software,
@@ -84,6 +87,16 @@ impl Session {
             ))),
         }
     }
+}
+
+/// A refused hello that carried no token says how to give one.
+fn with_token_hint(err: handshake::HandshakeError, token_sent: bool) -> anyhow::Error {
+    if let handshake::HandshakeError::Refused { reason } = &err {
+        if let Some(hint) = protocol::token::refusal_hint(reason, token_sent) {
+            return anyhow!("{err}; {hint}");
+        }
+    }
+    err.into()
 }
 
 /// The short name of an answer, for "unexpected answer" errors.

@@ -31,7 +31,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use crate::units::{count, human_size};
 use anyhow::{anyhow, bail, Context, Result};
@@ -62,6 +61,44 @@ pub struct InspectArgs {
     /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// When the file is no build record at all (its very first byte is wrong),
+/// what it is instead, for a message without DER terms: `is empty`, or
+/// `is not a build record (it starts with "#!/bin/sh")`. `None` for a
+/// record damaged further in, whose exact offset matters.
+fn not_a_record(err: &record::RecordError, path: &Path) -> Option<String> {
+    use record::RecordError;
+    let at_start = match err {
+        RecordError::UnexpectedTag { offset, .. } | RecordError::Truncated { offset, .. } => {
+            *offset == 0
+        }
+        _ => false,
+    };
+    if !at_start {
+        return None;
+    }
+    let mut start = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(32)
+        .read_to_end(&mut start)
+        .ok()?;
+    let where_ = "builder-inspect reads the `full` files of the server's --dir (DIR/JOB/UUID/full)";
+    if start.is_empty() {
+        return Some(format!("is empty, not a build record; {where_}"));
+    }
+    let first_line = start.split(|b| *b == b'\n').next().unwrap_or(&start);
+    let shown = match std::str::from_utf8(first_line) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("{text:?}"),
+        _ => {
+            let hex: Vec<String> = start.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("the bytes {}", hex.join(" "))
+        }
+    };
+    Some(format!(
+        "is not a build record (it starts with {shown}); {where_}"
+    ))
 }
 
 /// One artifact as listed: its path and size.
@@ -108,6 +145,9 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
                     count(x.written, "artifact"),
                     x.root.display()
                 );
+            }
+            if let Some(what) = not_a_record(&e, &args.file) {
+                bail!("{name} {what}");
             }
             return Err(anyhow!(e).context(name));
         }
@@ -225,13 +265,18 @@ fn write_all_parts(
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     writeln!(out, "started:  {}", time(head.started))?;
     writeln!(out, "finished: {}", time(head.finished))?;
-    let took = head.finished - head.started;
-    let took = match took.to_std() {
-        Ok(d) => output::duration(d),
-        Err(_) => format!(
+    let (started, finished) = (
+        protocol::message::Timestamp::from_datetime(head.started),
+        protocol::message::Timestamp::from_datetime(head.finished),
+    );
+    // A record from elsewhere may end before it starts: say so.
+    let took = if finished >= started {
+        output::duration(output::build_duration(started, finished))
+    } else {
+        format!(
             "-{}",
-            output::duration((-took).to_std().unwrap_or(Duration::MAX))
-        ),
+            output::duration(output::build_duration(finished, started))
+        )
     };
     writeln!(out, "duration: {took}")?;
     writeln!(out, "result:   {}", result_text(&head.result))?;

@@ -102,6 +102,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         _ => match answer(&mut session, "answering the request", cli.json).await? {
             ServerToClient::Success { detail } => {
+                // Every change confirms; a server that says nothing about
+                // an unschedule still did it.
+                let detail = match (&request, detail) {
+                    (ClientRequest::Unschedule { name }, None) => {
+                        Some(format!("unscheduled {name}"))
+                    }
+                    (_, detail) => detail,
+                };
                 let mut out = io::stdout().lock();
                 if cli.json {
                     output::write_json_line(
@@ -324,7 +332,10 @@ async fn observe(session: &mut Session, json: bool) -> Result<ExitCode> {
                 } else {
                     // Keep the note in place relative to the console.
                     out.flush()?;
-                    eprintln!("[{lines} lines not shown: observer too slow]");
+                    eprintln!(
+                        "[{} not shown: observer too slow]",
+                        units::count(lines as usize, "line")
+                    );
                 }
             }
             ServerToClient::Notice { message } => {
@@ -388,60 +399,6 @@ fn unexpected<T>(msg: ServerToClient) -> Result<T> {
         ServerToClient::Failure { reason } => bail!("{reason}"),
         other => bail!("unexpected answer from the server: {}", answer_name(&other)),
     }
-}
-
-/// Prints a failure: `error: {:#}` on stderr, or `{"error": "..."}` with
-/// `--json`. Returns exit status 1.
-pub fn report_error(err: &anyhow::Error, json: bool) -> ExitCode {
-    if json {
-        eprintln!("{}", serde_json::json!({ "error": format!("{err:#}") }));
-    } else {
-        eprintln!("error: {err:#}");
-    }
-    ExitCode::FAILURE
-}
-
-/// Reports a command-line error. Help and version go to stdout with status
-/// 0. A usage error keeps clap's usage and tip, but ends with exactly one
-/// line `error: ...` (clap starts with it, and may spread it over several
-/// lines), so `tail -1` and log scrapers see the error; exit status 2.
-/// With `--json`, the error alone as `{"error": "..."}`.
-pub fn usage_error(err: clap::Error, json: bool) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(
-        err.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-    ) {
-        let _ = err.print();
-        return ExitCode::SUCCESS;
-    }
-    let rendered = err.render().to_string();
-    let (message, rest) = split_usage_error(&rendered);
-    if json {
-        eprintln!("{}", serde_json::json!({ "error": message }));
-    } else {
-        if !rest.is_empty() {
-            eprintln!("{rest}");
-        }
-        eprintln!("error: {message}");
-    }
-    ExitCode::from(2)
-}
-
-/// Splits clap's rendered error into its message (the first paragraph,
-/// without `error: `, on one line) and the rest (usage, tips).
-fn split_usage_error(rendered: &str) -> (String, String) {
-    let text = rendered.trim_end();
-    let (first, rest) = text.split_once("\n\n").unwrap_or((text, ""));
-    let message = first
-        .strip_prefix("error: ")
-        .unwrap_or(first)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    (message, rest.trim().to_owned())
 }
 
 /// True when `err` is (caused by) a broken pipe on stdout, e.g.

@@ -18,6 +18,8 @@ use protocol::message::{
 use protocol::trigger::Trigger;
 use serde::Serialize;
 
+use crate::units::count;
+
 // ---------------------------------------------------------------------------
 // Small formatters shared with builder-inspect.
 
@@ -43,6 +45,16 @@ pub fn time_millis(t: Timestamp) -> String {
 /// Seconds rounded to milliseconds, for JSON (`12.345`, not `12.345678901`).
 pub fn secs_millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// How long a build took, the one duration every command prints
+/// (`results`, `observe`, builder-inspect): `finished - started`, each
+/// truncated to whole milliseconds first, as a stored record keeps them, so
+/// a live build, a replayed one and the results list agree to the
+/// millisecond. A finish before the start (a clock set back) is zero.
+pub fn build_duration(started: Timestamp, finished: Timestamp) -> Duration {
+    let millis = |t: Timestamp| t.0.div_euclid(1_000_000);
+    Duration::from_millis(u64::try_from(millis(finished) - millis(started)).unwrap_or(0))
 }
 
 /// A duration for people: `0.250s`, `59.999s`, `3m 05s`, `2h 03m 05s`.
@@ -461,7 +473,7 @@ impl ResultView {
             platform: r.platform.clone(),
             started: time_exact(r.started),
             finished: time_exact(r.finished),
-            duration_secs: secs_millis(r.finished.since(r.started)),
+            duration_secs: secs_millis(build_duration(r.started, r.finished)),
             attempts: entry.attempts,
             outcome: OutcomeView::from(&r.outcome),
             result: outcome(&r.outcome),
@@ -498,7 +510,7 @@ pub fn write_info(out: &mut dyn Write, info: &InfoSummary) -> io::Result<()> {
     if info.schedule.is_empty() {
         writeln!(out, "schedule: no jobs")?;
     } else {
-        writeln!(out, "schedule ({} jobs):", info.schedule.len())?;
+        writeln!(out, "schedule ({}):", count(info.schedule.len(), "job"))?;
         let mut t = Table::new(&["NAME", "JOB", "TRIGGER", "NEXT RUN", "TIMEOUT"]);
         for e in &info.schedule {
             t.row(vec![
@@ -593,7 +605,7 @@ pub fn write_job(out: &mut dyn Write, e: &ScheduleEntry) -> io::Result<()> {
     )?;
     writeln!(out, "timeout:  {}", timeout(e.timeout_secs))?;
     if let JobKind::Script { script, .. } = &e.job.kind {
-        writeln!(out, "script ({} bytes):", script.len())?;
+        writeln!(out, "script ({}):", count(script.len(), "byte"))?;
         out.write_all(script.as_bytes())?;
         if !script.is_empty() && !script.ends_with('\n') {
             writeln!(out)?;
@@ -617,7 +629,7 @@ pub fn write_results(out: &mut dyn Write, results: &[ResultEntry]) -> io::Result
             r.job.clone(),
             r.platform.clone(),
             time_secs(r.started),
-            duration(r.finished.since(r.started)),
+            duration(build_duration(r.started, r.finished)),
             entry.attempts.to_string(),
             outcome(&r.outcome),
             upload(&r.upload),
@@ -646,7 +658,7 @@ pub fn observe_end(h: Option<&BuildHeader>, finished: Timestamp, o: &JobOutcome)
             h.job,
             outcome(o),
             time_secs(finished),
-            duration(finished.since(h.started))
+            duration(build_duration(h.started, finished))
         ),
         None => format!("build {} (finished {})", outcome(o), time_secs(finished)),
     }
@@ -674,6 +686,14 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(duration(Duration::from_millis(250)), "0.250s");
+        // Truncated per timestamp, as a record stores them: 1.0159 s to
+        // 1.0321 s is 1.015 to 1.032, 17 ms (not 16.2 ms truncated).
+        let at = |ns: i64| Timestamp(ns);
+        assert_eq!(
+            build_duration(at(1_015_900_000), at(1_032_100_000)),
+            Duration::from_millis(17)
+        );
+        assert_eq!(build_duration(at(5_000_000), at(1_000_000)), Duration::ZERO);
         assert_eq!(duration(Duration::from_millis(59_999)), "59.999s");
         assert_eq!(duration(Duration::from_secs(185)), "3m 05s");
         assert_eq!(duration(Duration::from_secs(7385)), "2h 03m 05s");

@@ -259,6 +259,7 @@ fn refused_hello() {
     let server = Scripted::start(Behaviour::Refuse("bad token".into()));
     let out = client()
         .args(["info", "-r", &server.addr])
+        .env("BUILDER_TOKEN", "wrong")
         .output()
         .unwrap();
     let seen = server.seen();

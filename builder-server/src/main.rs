@@ -36,14 +36,17 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let command = <Args as clap::CommandFactory>::command();
+            return builder_logging::exit::usage_error(e, command, false);
+        }
+    };
     builder_logging::init(args.verbose, args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => builder_logging::exit::failure(&e, false),
     }
 }
 

@@ -211,10 +211,9 @@ impl Session<'_> {
                     };
                     let step = match msg {
                         WorkerMessage::Heartbeat => Ok(()),
-                        WorkerMessage::Started { uuid: u, at } if u == uuid => {
-                            attempt.started(at);
-                            Ok(())
-                        }
+                        // The build's start is its assignment (see
+                        // `Attempt::begin`), not the worker's word.
+                        WorkerMessage::Started { uuid: u, .. } if u == uuid => Ok(()),
                         WorkerMessage::Console { uuid: u, lines } if u == uuid => {
                             self.spooling(attempt.console(lines)).await
                         }

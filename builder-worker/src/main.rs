@@ -4,25 +4,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use builder_logging::exit;
 use builder_worker::cli::Cli;
 use builder_worker::{default_name, Config};
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match exit::parse_args::<Cli>(false) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     builder_logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::failure(&e, false),
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let token = protocol::token::load_token(cli.token_file.as_deref())?;
+    let token_sent = token.is_some();
     let config = Config {
         platform: cli.platform,
         remote: cli.remote,
@@ -41,15 +42,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        };
-        builder_worker::run(config, shutdown).await
-    })
+    runtime
+        .block_on(async {
+            let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+            let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            builder_worker::run(config, shutdown).await
+        })
+        .map_err(|e| with_token_hint(e, token_sent))
+}
+
+/// A refused hello that carried no token says how to give one (the
+/// library reports a refusal as `server refused the connection: REASON`).
+fn with_token_hint(err: anyhow::Error, token_sent: bool) -> anyhow::Error {
+    let text = format!("{err:#}");
+    match text
+        .strip_prefix("server refused the connection: ")
+        .and_then(|reason| protocol::token::refusal_hint(reason, token_sent))
+    {
+        Some(hint) => anyhow::anyhow!("{text}; {hint}"),
+        None => err,
+    }
 }

@@ -10,6 +10,11 @@
 //! - [`LogFormat::Text`]: tracing's default line format, where string values
 //!   are written quoted (`job="a b"`) and so parse as logfmt;
 //!   [`LogFormat::Json`]: one JSON object per line.
+//!
+//! [`exit`] owns the other thing the four programs must do alike: how they
+//! report an error and which exit status they end with.
+
+pub mod exit;
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -80,6 +80,15 @@ pub fn load_token(token_file: Option<&Path>) -> Result<Option<String>, TokenErro
     }
 }
 
+/// What a client or worker adds to a server's refusal of a hello that
+/// carried no token, so the user learns how to give one; `None` when a
+/// token was sent or the refusal is about something else.
+pub fn refusal_hint(reason: &str, token_sent: bool) -> Option<String> {
+    (!token_sent && reason.contains("token")).then(|| {
+        format!("this server requires a token: give it with --token-file FILE or the {TOKEN_ENV} variable")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +137,14 @@ mod tests {
             read_token_file(&path),
             Err(TokenError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn a_refused_missing_token_says_how_to_give_one() {
+        let hint = refusal_hint("a token is required", false).unwrap();
+        assert!(hint.contains("--token-file") && hint.contains("BUILDER_TOKEN"));
+        assert_eq!(refusal_hint("bad token", true), None);
+        assert_eq!(refusal_hint("platform x is dropped", false), None);
     }
 
     #[test]

@@ -4,17 +4,17 @@
 use std::process::ExitCode;
 
 use builder_client::inspect::InspectArgs;
-use clap::Parser;
+use builder_logging::exit;
 
 fn main() -> ExitCode {
-    let args = InspectArgs::parse();
+    let args = match exit::parse_args::<InspectArgs>(false) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     builder_client::init_logging(args.verbose);
     match builder_client::inspect::run(&args) {
         Ok(code) => code,
         Err(e) if builder_client::is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit::failure(&e, false),
     }
 }

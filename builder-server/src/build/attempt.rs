@@ -103,6 +103,12 @@ impl Attempt {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
         Attempt {
             shared: Arc::clone(shared),
+            // The build starts when it is handed to the worker, for both
+            // protocols and in `info`: observers get the header with this
+            // time before the worker says it started, so the record,
+            // `results` and every observer share one start (and one
+            // duration). The worker's own start report comes a few ms later
+            // and is not used.
             started: running.assigned,
             running: Some(running),
             live,
@@ -156,13 +162,6 @@ impl Attempt {
             Some(reason) => reason,
             None => std::future::pending().await,
         }
-    }
-
-    /// The worker says the job started at `at` (clamped between the claim
-    /// and now).
-    pub fn started(&mut self, at: Timestamp) {
-        self.started = bounds::clamp(at, self.running().assigned, Timestamp::now());
-        self.live.set_started(self.started);
     }
 
     /// Console lines, oldest first; over-long ones are cut. Waits while the

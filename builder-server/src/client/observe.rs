@@ -61,6 +61,7 @@ pub async fn observe(
     // Subscribed before looking, so a start in between is not missed.
     let mut starts = shared.live.subscribe_starts();
     let mut header_sent = false;
+    let mut told_no_worker = false;
     // The attempt followed last: once requeued it may linger in the map for
     // a moment, and is not followed twice.
     let mut last: Option<Arc<LiveBuild>> = None;
@@ -161,6 +162,17 @@ pub async fn observe(
             .await?;
             return Ok(());
         }
+        if !told_no_worker {
+            told_no_worker = true;
+            if let Some(platform) = shared
+                .db
+                .queued_on(uuid)
+                .await
+                .map_err(|e| shared.refuse_or_stop(e))?
+            {
+                notice_if_no_worker(shared, conn, Some(&platform)).await?;
+            }
+        }
         tokio::select! {
             started = starts.recv() => match started {
                 Ok(h) if h.uuid != uuid => continue,
@@ -220,6 +232,18 @@ pub async fn observe_next(
         job,
         "observer waiting for the next build"
     );
+    let watched = match (platform, job) {
+        (Some(p), _) => Some(p.to_owned()),
+        (None, Some(j)) => match shared.db.job(j).await.map_err(|e| shared.refuse_or_stop(e))? {
+            Some(entry) => match entry.job.kind {
+                protocol::message::JobKind::Script { platform, .. } => Some(platform),
+                protocol::message::JobKind::Orb { .. } => None,
+            },
+            None => None,
+        },
+        (None, None) => None,
+    };
+    notice_if_no_worker(shared, conn, watched.as_deref()).await?;
     loop {
         let started = tokio::select! {
             started = starts.recv() => started,
@@ -239,6 +263,26 @@ pub async fn observe_next(
             Err(RecvError::Closed) => return Ok(()),
         }
     }
+}
+
+/// Tells an observer about to wait that no worker that could run the build
+/// is connected (none of `platform`, or none at all when `None`), so that
+/// the wait explains itself; the observer keeps waiting. Callers say it
+/// once per request.
+async fn notice_if_no_worker(
+    shared: &Shared,
+    conn: &mut impl ObserveSink,
+    platform: Option<&str>,
+) -> anyhow::Result<()> {
+    let workers = shared.workers.list();
+    let message = match platform {
+        Some(p) if !workers.iter().any(|w| w.platform == p) => {
+            format!("notice: no worker for platform {p} is connected; waiting")
+        }
+        None if workers.is_empty() => "notice: no worker is connected; waiting".to_owned(),
+        _ => return Ok(()),
+    };
+    conn.send(&ServerToClient::Notice { message }).await
 }
 
 /// ` --job NAME --platform P`, as the user would have typed the filters.

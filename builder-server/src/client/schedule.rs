@@ -84,14 +84,25 @@ pub async fn schedule(
     Ok(Ok(Some(detail)))
 }
 
-/// Warns when no worker ever asked for `platform` and it has no orb-build
-/// template: most likely a typo, and the job would wait forever.
+/// The platforms builder ships for: those of the orb-build templates in
+/// `packaging/templates/` (which the packages install in the config
+/// directory) and `debian-12`, the default of the shipped worker units.
+/// Scheduling onto one of them is never warned about, even on a fresh
+/// server from source with an empty config directory.
+pub const SHIPPED_PLATFORMS: [&str; 3] = ["debian-12", "freebsd-14", "ubuntu-24.04"];
+
+/// Warns when `platform` is unknown: no worker ever asked for it, the
+/// config directory has no orb-build template for it, and it is not one of
+/// the [`SHIPPED_PLATFORMS`]. Most likely a typo, and the job would wait
+/// forever.
 async fn warn_unknown_platform(
     shared: &Shared,
     platform: &str,
     notices: &mut Vec<ServerToClient>,
 ) -> Result<(), DbError> {
-    if shared.db.platform_known(platform).await? || shared.templates.render(platform, "").is_some()
+    if SHIPPED_PLATFORMS.contains(&platform)
+        || shared.db.platform_known(platform).await?
+        || shared.templates.render(platform, "").is_some()
     {
         return Ok(());
     }
@@ -303,4 +314,41 @@ pub async fn update(
         changed.join(", ")
     };
     Ok(Ok(Some(format!("updated {name}: {what}; {next}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SHIPPED_PLATFORMS;
+    use std::path::Path;
+
+    /// The list follows what is shipped: every template's platform and
+    /// every unit's default `BUILDER_PLATFORM` is in it.
+    #[test]
+    fn shipped_platforms_cover_the_templates_and_the_units() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut shipped = Vec::new();
+        for entry in std::fs::read_dir(root.join("packaging/templates")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if let Some(platform) = name.strip_prefix("orb-build.template.") {
+                shipped.push(platform.to_owned());
+            }
+        }
+        for entry in std::fs::read_dir(root.join("systemd")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            shipped.extend(text.lines().filter_map(|l| {
+                Some(
+                    l.strip_prefix("Environment=BUILDER_PLATFORM=")?
+                        .trim()
+                        .to_owned(),
+                )
+            }));
+        }
+        assert!(shipped.len() >= 2, "nothing found: {shipped:?}");
+        for platform in &shipped {
+            assert!(
+                SHIPPED_PLATFORMS.contains(&platform.as_str()),
+                "{platform} is shipped but not in SHIPPED_PLATFORMS"
+            );
+        }
+    }
 }

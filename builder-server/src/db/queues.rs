@@ -51,6 +51,11 @@ impl Db {
         self.read(move |c| is_queued(c, uuid)).await
     }
 
+    /// The platform whose queue holds the build `uuid`, if it is queued.
+    pub async fn queued_on(&self, uuid: Uuid) -> Result<Option<String>, DbError> {
+        self.read(move |c| queued_on(c, uuid)).await
+    }
+
     /// Whether the build `uuid` waits in a queue or has been handed to a
     /// worker and is not finished.
     pub async fn is_pending(&self, uuid: Uuid) -> Result<bool, DbError> {
@@ -211,6 +216,17 @@ pub fn is_queued(tx: &Connection, uuid: Uuid) -> Result<bool, SqlError> {
         [uuid.as_bytes()],
         |r| r.get(0),
     )?)
+}
+
+/// The platform whose queue holds the build `uuid`, if it is queued.
+pub fn queued_on(tx: &Connection, uuid: Uuid) -> Result<Option<String>, SqlError> {
+    Ok(tx
+        .query_row(
+            "SELECT platform FROM queue WHERE uuid = ?1",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// Whether the build `uuid` waits in a queue or has been handed to a

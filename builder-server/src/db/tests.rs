@@ -93,6 +93,7 @@ async fn a_build_has_its_uuid_from_the_moment_it_is_queued() {
         Some(uuid)
     );
     assert!(db.is_queued(uuid).await.unwrap());
+    assert_eq!(db.queued_on(uuid).await.unwrap().as_deref(), Some("linux"));
     let r = db.claim("linux", "w", Timestamp(5)).await.unwrap().unwrap();
     assert_eq!(r.uuid, uuid);
     assert!(!db.is_queued(uuid).await.unwrap());
@@ -449,6 +450,7 @@ fn per_request_queries_use_an_index() {
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'orb')",
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE kind = 'script' AND platform = 'x')",
         "SELECT EXISTS (SELECT 1 FROM queue WHERE uuid = x'00')",
+        "SELECT platform FROM queue WHERE uuid = x'00'",
         "DELETE FROM queue WHERE job = 'x'",
         "SELECT job FROM queue WHERE platform = 'x' ORDER BY position LIMIT 1",
     ] {
