@@ -403,3 +403,99 @@ fn spool_error(e: &SpoolError) -> End {
         End::Storage(e.error.abort_reason(e.what))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::db::{Db, LostFate};
+    use crate::Config;
+
+    async fn setup(limits: crate::bounds::BuildLimits) -> (tempfile::TempDir, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let mut config = Config::new(dir.path().to_owned());
+        config.limits = limits;
+        let shared = Arc::new(Shared::new(config, db, CancellationToken::new()));
+        (dir, shared)
+    }
+
+    async fn claimed(shared: &Arc<Shared>) -> Running {
+        shared
+            .db
+            .enqueue("p", "job", "true", 60, false)
+            .await
+            .unwrap();
+        let worker = shared.workers.register("p", "host", "peer");
+        assert_eq!(worker, 0);
+        shared
+            .db
+            .claim("p", "w", Timestamp::now())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_attempt_dropped_unsettled_is_requeued_once_and_cleaned_up() {
+        let (_dir, shared) = setup(Default::default()).await;
+        let running = claimed(&shared).await;
+        let uuid = running.uuid;
+        let attempt = Attempt::begin(&shared, running, 0, "w");
+        assert!(shared.live.get(uuid).is_some());
+        assert_eq!(shared.workers.list()[0].running, Some(uuid));
+        drop(attempt);
+        // The guard's task requeues it; the worker slot is free at once.
+        assert_eq!(shared.workers.list()[0].running, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !shared.db.is_queued(uuid).await.unwrap() {
+            assert!(Instant::now() < deadline, "not requeued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(shared.live.get(uuid).is_none());
+        // Exactly once: attempt 2 is next.
+        let again = shared.db.claim("p", "w", Timestamp::now()).await.unwrap();
+        assert_eq!(again.map(|r| (r.uuid, r.job.lost)), Some((uuid, 1)));
+    }
+
+    #[tokio::test]
+    async fn every_bound_is_applied_by_the_attempt() {
+        let limits = crate::bounds::BuildLimits {
+            max_artifacts: 2,
+            max_artifact_bytes: 10,
+            ..Default::default()
+        };
+        let (_dir, shared) = setup(limits).await;
+        let running = claimed(&shared).await;
+        let mut attempt = Attempt::begin(&shared, running, 0, "w");
+        attempt.artifact_start(b"a".to_vec(), 5).await.unwrap();
+        attempt.artifact_chunk(vec![0; 5]).await.unwrap();
+        assert_eq!(
+            attempt.artifact_start(b"a".to_vec(), 1).await,
+            Err(End::Abort("artifact \"a\" sent twice".into()))
+        );
+        attempt.artifact_start(b"b".to_vec(), 6).await.unwrap();
+        assert!(matches!(
+            attempt.artifact_chunk(vec![0; 6]).await,
+            Err(End::Abort(m)) if m.contains("--max-artifact-bytes")
+        ));
+        let (_, outcome) =
+            attempt.result(Timestamp(i64::MAX), JobOutcome::Aborted("m".repeat(10_000)));
+        assert!(matches!(&outcome, JobOutcome::Aborted(m) if m.len() < 5000));
+        let uuid = attempt.uuid();
+        let concluded = attempt
+            .settle(Err(End::Abort("too much".into())))
+            .await
+            .conclude()
+            .await
+            .unwrap();
+        assert_eq!(concluded, Concluded::Ended);
+        let result = shared.db.result(uuid).await.unwrap().unwrap();
+        assert_eq!(result.outcome, JobOutcome::Aborted("too much".into()));
+        assert_eq!(
+            shared.db.worker_lost(uuid).await.unwrap(),
+            LostFate::Unknown
+        );
+    }
+}

@@ -234,7 +234,12 @@ pub async fn observe_next(
     );
     let watched = match (platform, job) {
         (Some(p), _) => Some(p.to_owned()),
-        (None, Some(j)) => match shared.db.job(j).await.map_err(|e| shared.refuse_or_stop(e))? {
+        (None, Some(j)) => match shared
+            .db
+            .job(j)
+            .await
+            .map_err(|e| shared.refuse_or_stop(e))?
+        {
             Some(entry) => match entry.job.kind {
                 protocol::message::JobKind::Script { platform, .. } => Some(platform),
                 protocol::message::JobKind::Orb { .. } => None,
