@@ -147,7 +147,7 @@ pub struct Args {
     pub verbose: u8,
     // -- operations (issue 13) --
     /// Log line format on stderr: text or json.
-    #[arg(long, value_name = "FORMAT", default_value_t = builder_logging::LogFormat::Text)]
+    #[arg(long, value_name = "text|json", default_value_t = builder_logging::LogFormat::Text)]
     pub log_format: builder_logging::LogFormat,
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics and a health
     /// check on /healthz. Loopback only, unless --insecure.
