@@ -3,7 +3,7 @@
 //! Build records live at `DIR/<job>/<uuid>/full`, so every name directly in
 //! `DIR` may be a job's. The server's own files are kept out of that name
 //! space, in `DIR/.builder/` (job names cannot start with `.`, see
-//! [`crate::client::check_job_name`]):
+//! [`crate::names::check_job_name`]):
 //!
 //! - `DIR/.builder/lock`: held (`flock`, exclusive) while a server runs, so
 //!   two servers never share a directory;

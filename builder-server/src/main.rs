@@ -2,13 +2,10 @@
 //! `builder-server --dir DIR --import-state FILE [--force]`
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use builder_server::cli::Args;
-use builder_server::upload::UploadConfig;
 use builder_server::Config;
 use clap::Parser;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -50,16 +47,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads the token of `flag` (rule: [`protocol::token`]).
-fn read_token(path: &Path, flag: &str) -> anyhow::Result<String> {
-    protocol::token::read_token_file(path).with_context(|| flag.to_owned())
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     if let Some(file) = &args.import_state {
-        if args.job_timeout == 0 {
-            anyhow::bail!("--job-timeout must be positive");
-        }
         let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
         let summary = runtime.block_on(builder_server::legacy::import::import_state(
             &args.dir,
@@ -71,105 +60,53 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{summary}");
         return Ok(());
     }
-    let legacy_peers = match &args.legacy_peers {
-        Some(text) => builder_server::legacy::peers::parse_list(text).context("--legacy-peers")?,
-        None => Vec::new(),
-    };
-    let client_token = args
-        .client_token_file
-        .as_deref()
-        .map(|p| read_token(p, "--client-token-file"))
-        .transpose()?;
-    let worker_token = args
-        .worker_token_file
-        .as_deref()
-        .map(|p| read_token(p, "--worker-token-file"))
-        .transpose()?;
-    if !args.ip.is_loopback()
-        && (client_token.is_none() || worker_token.is_none())
-        && !args.insecure
-    {
-        anyhow::bail!(
-            "refusing to listen on {} without --client-token-file and --worker-token-file; pass --insecure to do it anyway",
-            args.ip
-        );
-    }
-    if let Some(addr) = args.metrics.filter(|a| !a.ip().is_loopback()) {
-        if !args.insecure {
-            anyhow::bail!(
-                "refusing to serve --metrics on {addr}, which is not a loopback address; pass --insecure to do it anyway"
-            );
-        }
-        tracing::warn!(%addr, "serving metrics beyond loopback (--insecure)");
-    }
-    if args.heartbeat_ms == 0 || args.job_timeout == 0 {
-        anyhow::bail!("--heartbeat-ms and --job-timeout must be positive");
-    }
-    if args.hello_timeout == 0 || args.frame_timeout == 0 {
-        anyhow::bail!("--hello-timeout and --frame-timeout must be positive");
-    }
-    if args.max_unauthenticated == 0 || args.max_unauthenticated_per_ip == 0 {
-        anyhow::bail!("--max-unauthenticated and --max-unauthenticated-per-ip must be positive");
-    }
-    let upload = match &args.upload {
-        Some(url) => {
-            let credentials = args
-                .upload_credentials
-                .as_deref()
-                .map(|p| {
-                    std::fs::read_to_string(p).with_context(|| {
-                        format!("--upload-credentials {}: cannot read", p.display())
-                    })
-                })
-                .transpose()?;
-            let mut upload = UploadConfig::parse(url, credentials.as_deref())?;
-            if args.upload_concurrency == 0 {
-                anyhow::bail!("--upload-concurrency must be at least 1");
-            }
-            upload.concurrency = args.upload_concurrency;
-            upload.backoff_cap = Duration::from_secs(args.upload_backoff_cap.max(1));
-            upload.backoff_base =
-                Duration::from_millis(args.upload_backoff_min_ms.max(1)).min(upload.backoff_cap);
-            upload.delete_delivered = args.delete_delivered;
-            Some(upload)
-        }
-        None => None,
-    };
-    let config = Config {
-        dir: args.dir,
-        config_dir: args.config_dir,
-        job_timeout: Duration::from_secs(args.job_timeout),
-        max_frame: args.max_frame,
-        max_console: args.max_console_bytes,
-        max_connections: args.max_connections.max(1),
-        max_unauthenticated: args.max_unauthenticated,
-        max_unauthenticated_per_ip: args.max_unauthenticated_per_ip,
-        hello_timeout: Duration::from_secs(args.hello_timeout),
-        frame_timeout: Duration::from_secs(args.frame_timeout),
-        limits: builder_server::bounds::BuildLimits {
-            max_artifact_bytes: args.max_artifact_bytes,
-            max_artifacts: args.max_artifacts,
-            timeout_grace: Duration::from_secs(args.timeout_grace),
-        },
-        heartbeat: Duration::from_millis(args.heartbeat_ms),
-        client_token,
-        worker_token,
-        upload,
-        legacy_peers,
-        metrics: args.metrics,
-        drain_timeout: Duration::from_secs(args.drain_timeout),
-    };
-
+    let addr = SocketAddr::new(args.ip, args.port);
+    let config = Config::try_from(args)?;
+    raise_open_file_limit(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Before anything else: a SIGHUP from here on is logged, not fatal.
         let signals = Signals::new()?;
-        let addr = SocketAddr::new(args.ip, args.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         builder_server::run(config, listener, signals.shutdown()).await
     })
+}
+
+/// Raises the soft limit on open files to the hard one (systemd starts
+/// services at 1024 soft, 524288 hard): every connection is a file, and a
+/// server out of them cannot even accept a connection to evict an idle
+/// one. Warns when the limit is below what the connection budgets need.
+fn raise_open_file_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    // The budgets, plus room for the database, spools, uploads and metrics.
+    let needed = config.max_connections + config.max_unauthenticated + 256;
+    let have = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    if have < needed {
+        tracing::warn!(
+            open_files = have,
+            needed,
+            "the open-file limit (ulimit -n) is below --max-connections plus --max-unauthenticated; raise it (LimitNOFILE= in a systemd unit) or lower those"
+        );
+    }
 }
 
 /// The signals the server handles: SIGTERM and SIGINT stop it (after a

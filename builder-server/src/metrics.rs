@@ -4,11 +4,14 @@
 //! Counters and the duration histogram are updated where things happen
 //! (a build stored, an upload failing, an observer skipping lines). Gauges
 //! (queues, workers, spool, observers) are read from the server's state at
-//! each scrape, so they can never drift from what `info` shows.
+//! each scrape, so they can never drift from what `info` shows: the server
+//! hands [`serve`] a [`Source`], which fills a [`Snapshot`]. This module
+//! knows nothing else of the server's state.
 //!
 //! `/healthz` answers 200 while the state database answers a trivial query,
-//! 503 otherwise.
+//! 503 otherwise ([`Source::health`]).
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +28,35 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use protocol::message::{JobOutcome, Timestamp};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::state::Shared;
+/// The gauges' values at one scrape, read from the server's state.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Builds waiting, by platform: `(platform, length)`.
+    pub queues: Vec<(String, usize)>,
+    /// Connected workers: `(platform, running a build)`, one per worker.
+    pub workers: Vec<(String, bool)>,
+    /// Records waiting for delivery to builder-web.
+    pub upload_spool_depth: u64,
+    /// When the oldest of them was stored, if any waits.
+    pub upload_oldest_pending: Option<Timestamp>,
+    /// Clients following a running build.
+    pub observers: usize,
+    /// State database transactions committed since the start.
+    pub db_commits: u64,
+}
+
+/// What `/metrics` and `/healthz` read: the server's counters and a way to
+/// take a [`Snapshot`] of its state.
+pub trait Source: Send + Sync + 'static {
+    /// The counters, kept where things happen.
+    fn metrics(&self) -> &Metrics;
+    /// The gauges, read now.
+    fn snapshot(&self) -> impl Future<Output = anyhow::Result<Snapshot>> + Send;
+    /// `Ok` while the state database answers; `Err` says why not.
+    fn health(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
 
 /// Label of per-platform metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,40 +227,41 @@ impl Metrics {
         self.observer_lines_dropped.inc_by(lines);
     }
 
-    /// Reads the gauges from the server's state and encodes everything in
-    /// the Prometheus text format.
-    pub async fn scrape(&self, shared: &Shared) -> anyhow::Result<String> {
-        let queues = shared.db.queues().await.context("reading the queues")?;
-        let (depth, oldest) = shared.db.spool_stats().await.context("reading the spool")?;
+    /// Sets the gauges from `snapshot` and encodes everything in the
+    /// Prometheus text format.
+    pub fn render(&self, snapshot: &Snapshot) -> anyhow::Result<String> {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        let commits = shared.db.commits();
         self.db_commits
-            .inc_by(commits.saturating_sub(self.db_commits.get()));
+            .inc_by(snapshot.db_commits.saturating_sub(self.db_commits.get()));
 
         self.queue_length.clear();
-        for q in &queues {
+        for (platform, length) in &snapshot.queues {
             self.queue_length
                 .get_or_create(&PlatformLabel {
-                    platform: q.platform.clone(),
+                    platform: platform.clone(),
                 })
-                .set(q.jobs.len() as i64);
+                .set(*length as i64);
         }
         self.workers_connected.clear();
         self.workers_busy.clear();
-        for w in shared.workers.list() {
+        for (platform, running) in &snapshot.workers {
             let label = PlatformLabel {
-                platform: w.platform,
+                platform: platform.clone(),
             };
             self.workers_connected.get_or_create(&label).inc();
             let busy = self.workers_busy.get_or_create(&label);
-            if w.running.is_some() {
+            if *running {
                 busy.inc();
             }
         }
-        self.upload_spool_depth.set(depth as i64);
-        self.upload_oldest_pending
-            .set(oldest.map_or(0.0, |t| Timestamp::now().since(t).as_secs_f64()));
-        self.observers.set(shared.live.observers() as i64);
+        self.upload_spool_depth
+            .set(snapshot.upload_spool_depth as i64);
+        self.upload_oldest_pending.set(
+            snapshot
+                .upload_oldest_pending
+                .map_or(0.0, |t| Timestamp::now().since(t).as_secs_f64()),
+        );
+        self.observers.set(snapshot.observers as i64);
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -239,23 +270,29 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the server stops.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Serves `/metrics` and `/healthz` on `listener`, from `source`, until
+/// `stop` is cancelled.
+pub async fn serve<S: Source>(source: Arc<S>, listener: TcpListener, stop: CancellationToken) {
     let app = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(shared.clone());
-    let stop = shared.shutdown.clone();
+        .route("/metrics", get(metrics::<S>))
+        .route("/healthz", get(healthz::<S>))
+        .with_state(source);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
     {
-        tracing::error!(error = ?e.to_string(), "metrics endpoint failed");
+        tracing::error!(error = %protocol::Chain(&e), "metrics endpoint failed");
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response {
-    match shared.metrics.scrape(&shared).await {
+/// One scrape: the snapshot, then the text.
+async fn scrape<S: Source>(source: &S) -> anyhow::Result<String> {
+    let snapshot = source.snapshot().await?;
+    source.metrics().render(&snapshot)
+}
+
+async fn metrics<S: Source>(State(source): State<Arc<S>>) -> axum::response::Response {
+    match scrape(&*source).await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -265,14 +302,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response 
         )
             .into_response(),
         Err(e) => {
-            tracing::warn!(error = ?format!("{e:#}"), "metrics scrape failed");
+            tracing::warn!(error = %format!("{e:#}"), "metrics scrape failed");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response()
         }
     }
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    match shared.db.ping().await {
+async fn healthz<S: Source>(State(source): State<Arc<S>>) -> (StatusCode, String) {
+    match source.health().await {
         Ok(()) => (StatusCode::OK, "ok\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
@@ -286,6 +323,49 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
         text
+    }
+
+    #[test]
+    fn gauges_are_what_the_snapshot_says() {
+        let m = Metrics::default();
+        let snapshot = Snapshot {
+            queues: vec![("p".into(), 3), ("q".into(), 0)],
+            workers: vec![("p".into(), true), ("p".into(), false), ("q".into(), false)],
+            upload_spool_depth: 4,
+            upload_oldest_pending: None,
+            observers: 2,
+            db_commits: 9,
+        };
+        let text = m.render(&snapshot).unwrap();
+        for line in [
+            r#"builder_queue_length{platform="p"} 3"#,
+            r#"builder_queue_length{platform="q"} 0"#,
+            r#"builder_workers_connected{platform="p"} 2"#,
+            r#"builder_workers_busy{platform="p"} 1"#,
+            r#"builder_workers_busy{platform="q"} 0"#,
+            "builder_upload_spool_depth 4",
+            "builder_upload_oldest_pending_seconds 0.0",
+            "builder_observers_connected 2",
+            "builder_db_commits_total 9",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // The next scrape replaces the gauges: a platform gone from the
+        // snapshot is gone from the metrics; the commit counter only grows.
+        let text = m
+            .render(&Snapshot {
+                db_commits: 12,
+                ..Snapshot::default()
+            })
+            .unwrap();
+        assert!(!text.contains("platform=\"p\""), "{text}");
+        assert!(
+            text.lines().any(|l| l == "builder_db_commits_total 12"),
+            "{text}"
+        );
     }
 
     #[test]

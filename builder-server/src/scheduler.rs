@@ -259,7 +259,7 @@ mod tests {
         let t0 = at(2025, 1, 1, 3, 0);
         schedule(&db, Trigger::cron("*/3 * * * * *").unwrap(), t0).await;
         let shared = Arc::new(Shared::new(
-            crate::Config::new(dir.path().to_owned()),
+            crate::config::Config::new(dir.path().to_owned()),
             db,
             tokio_util::sync::CancellationToken::new(),
         ));

@@ -10,12 +10,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::live::LiveBuilds;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics, Snapshot};
 use crate::store::JobDirs;
 use crate::templates::Templates;
-use crate::Config;
 
 /// State shared by the server's tasks.
 pub struct Shared {
@@ -115,6 +115,40 @@ impl Shared {
     /// The fatal error that stopped the server, if any.
     pub fn take_fatal(&self) -> Option<anyhow::Error> {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What `/metrics` reads: the counters, and the gauges from the database,
+/// the connected workers and the live builds.
+impl metrics::Source for Shared {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        use anyhow::Context;
+        let queues = self.db.queues().await.context("reading the queues")?;
+        let (depth, oldest) = self.db.spool_stats().await.context("reading the spool")?;
+        Ok(Snapshot {
+            queues: queues
+                .into_iter()
+                .map(|q| (q.platform, q.jobs.len()))
+                .collect(),
+            workers: self
+                .workers
+                .list()
+                .into_iter()
+                .map(|w| (w.platform, w.running.is_some()))
+                .collect(),
+            upload_spool_depth: depth,
+            upload_oldest_pending: oldest,
+            observers: self.live.observers(),
+            db_commits: self.db.commits(),
+        })
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.db.ping().await.map_err(|e| e.to_string())
     }
 }
 

@@ -31,6 +31,20 @@ use uuid::Uuid;
 use crate::db::PendingUpload;
 use crate::state::Shared;
 
+/// The default of [`UploadConfig::concurrency`] (`--upload-concurrency`).
+pub const DEFAULT_CONCURRENCY: usize = 2;
+
+/// The default of [`UploadConfig::backoff_cap`] (`--upload-backoff-cap`):
+/// 10 minutes.
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(600);
+
+/// The default of [`UploadConfig::backoff_base`]
+/// (`--upload-backoff-min-ms`): 5 s.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(5);
+
+/// [`UploadConfig::timeout`]: how long one attempt may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Where and how records are uploaded.
 #[derive(Clone)]
 pub struct UploadConfig {
@@ -96,10 +110,10 @@ impl UploadConfig {
             url,
             user,
             password,
-            concurrency: 2,
-            backoff_cap: Duration::from_secs(600),
-            backoff_base: Duration::from_secs(5),
-            timeout: Duration::from_secs(3600),
+            concurrency: DEFAULT_CONCURRENCY,
+            backoff_cap: DEFAULT_BACKOFF_CAP,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            timeout: ATTEMPT_TIMEOUT,
             delete_delivered: false,
         })
     }

@@ -377,9 +377,10 @@ fn idle_connections_that_never_say_hello_do_not_lock_clients_out() {
                     .unwrap(),
             );
         }
-        let last = held.pop().unwrap();
-        let mut last = Connection::new(last, DEFAULT_MAX_FRAME, "last".into());
-        let refused = tokio::time::timeout(peer::WAIT, last.recv::<HelloReply>())
+        // The newest ones evicted the oldest, which are told why.
+        let first = held.remove(0);
+        let mut first = Connection::new(first, DEFAULT_MAX_FRAME, "first".into());
+        let refused = tokio::time::timeout(peer::WAIT, first.recv::<HelloReply>())
             .await
             .expect("the refusal in time")
             .unwrap();

@@ -23,9 +23,14 @@
 //! buffers are dropped at once. Farms keep hundreds of workers and clients
 //! connected and waiting; a malloc per frame costs far less than the
 //! read or write it goes with.
+//!
+//! Frames of [`LARGE_FRAME`] bytes or more, read or written, are counted
+//! ([`large_frames`]) so that a server can give their memory back to the
+//! system once it is free (the allocator keeps freed memory otherwise).
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -58,6 +63,25 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// What an idle connection's read buffer holds: room for a small frame
 /// (a heartbeat, a request) to arrive in one read.
 pub const IDLE_READ_CAPACITY: usize = 512;
+
+/// Frames at least this large are counted by [`large_frames`]: 1 MiB.
+pub const LARGE_FRAME: usize = 1024 * 1024;
+
+static LARGE_FRAMES: AtomicU64 = AtomicU64::new(0);
+
+/// How many frames of [`LARGE_FRAME`] bytes or more this process has read
+/// or written. A change means large buffers were used and are, or soon
+/// will be, free again.
+pub fn large_frames() -> u64 {
+    LARGE_FRAMES.load(Ordering::Relaxed)
+}
+
+/// Counts a frame's payload of `len` bytes if it is large.
+fn count_frame(len: usize) {
+    if len >= LARGE_FRAME {
+        LARGE_FRAMES.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Encodes and sends one message, flushing it.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
         let payload = message::encode(msg)?;
+        count_frame(payload.len());
         self.framed.send(&payload[..]).await?;
         self.release_write_buffer();
         Ok(())
@@ -276,6 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Sends one frame of raw payload, flushing it (for peers of another
     /// encoding, such as the reference's DER commands).
     pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        count_frame(payload.len());
         self.framed.send(payload).await?;
         self.release_write_buffer();
         Ok(())
@@ -285,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// [`Connection::flush`] after a batch.
     pub async fn feed<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnectionError> {
         let payload = message::encode(msg)?;
+        count_frame(payload.len());
         self.framed.feed(&payload[..]).await?;
         Ok(())
     }
@@ -300,7 +327,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// connection cleanly between frames. Cancel-safe (usable in `select!`).
     pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
         let frame = self.next_frame().await;
-        if let Ok(Some(_)) = frame {
+        if let Ok(Some(frame)) = &frame {
+            count_frame(frame.len());
             self.release_read_buffer();
         }
         frame
@@ -507,6 +535,20 @@ mod tests {
             let want: Vec<u8> = message::encode(&vec![n as u8; n]).unwrap();
             assert_eq!(&frame[..], &want[..], "frame of {n}");
         }
+    }
+
+    #[tokio::test]
+    async fn large_frames_are_counted_both_ways() {
+        let (a, b) = tokio::io::duplex(4 * LARGE_FRAME);
+        let mut a = Connection::new(a, 2 * LARGE_FRAME, "a".into());
+        let mut b = Connection::new(b, 2 * LARGE_FRAME, "b".into());
+        // Other tests in this process send large frames too: only a rise
+        // can be checked, and that a small frame alone does not count is
+        // left to the code.
+        let before = large_frames();
+        a.send_frame(&vec![0; LARGE_FRAME]).await.unwrap();
+        b.recv_frame().await.unwrap().unwrap();
+        assert!(large_frames() >= before + 2);
     }
 
     #[tokio::test(start_paused = true)]

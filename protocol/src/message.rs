@@ -782,9 +782,16 @@ pub enum UploadState {
 /// Why a payload could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
-    /// The payload is not a valid message of the expected type.
-    #[error("malformed message")]
-    Decode(#[from] bincode::error::DecodeError),
+    /// The payload is not a valid message of the expected type. The
+    /// Display names the type and what bincode found wrong, so a log line
+    /// "bad frame: ..." says what was malformed.
+    #[error("malformed {expected}: {}", describe(cause))]
+    Decode {
+        /// The type that was expected (`WorkerMessage`, `Hello`, ...).
+        expected: String,
+        /// What bincode found wrong.
+        cause: bincode::error::DecodeError,
+    },
     /// The payload holds a message followed by garbage.
     #[error("malformed message: {extra} trailing bytes after the message")]
     Trailing {
@@ -814,19 +821,65 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, MessageError> {
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, MessageError> {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * KIB;
-    let (msg, used) = match payload.len() {
-        n if n <= 16 * KIB => decode_limited::<T, { 64 * KIB }>(payload)?,
-        n if n <= 256 * KIB => decode_limited::<T, { MIB }>(payload)?,
-        n if n <= 4 * MIB => decode_limited::<T, { 16 * MIB }>(payload)?,
-        n if n <= 64 * MIB => decode_limited::<T, { 256 * MIB }>(payload)?,
-        _ => decode_limited::<T, { 1024 * MIB }>(payload)?,
+    let decoded = match payload.len() {
+        n if n <= 16 * KIB => decode_limited::<T, { 64 * KIB }>(payload),
+        n if n <= 256 * KIB => decode_limited::<T, { MIB }>(payload),
+        n if n <= 4 * MIB => decode_limited::<T, { 16 * MIB }>(payload),
+        n if n <= 64 * MIB => decode_limited::<T, { 256 * MIB }>(payload),
+        _ => decode_limited::<T, { 1024 * MIB }>(payload),
     };
+    let (msg, used) = decoded.map_err(|cause| MessageError::Decode {
+        expected: short_type_name(std::any::type_name::<T>()),
+        cause,
+    })?;
     if used != payload.len() {
         return Err(MessageError::Trailing {
             extra: payload.len() - used,
         });
     }
     Ok(msg)
+}
+
+/// `protocol::message::WorkerMessage` as `WorkerMessage`,
+/// `alloc::vec::Vec<u8>` as `Vec<u8>`: the module paths are dropped.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        if c == ':' {
+            segment.clear();
+        } else if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
+
+/// bincode's decode error in words (its own Display is its Debug).
+fn describe(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { additional } => {
+            format!("it ends early ({additional} more bytes needed)")
+        }
+        E::LimitExceeded => "a length in it claims more memory than its size allows".into(),
+        E::UnexpectedVariant {
+            type_name, found, ..
+        } => format!("unexpected variant {found} of {type_name}"),
+        E::Utf8 { inner } => format!("a string is not UTF-8 ({inner})"),
+        E::InvalidBooleanValue(v) => format!("invalid boolean {v}"),
+        E::InvalidCharEncoding(bytes) => format!("invalid character encoding {bytes:?}"),
+        E::OutsideUsizeRange(n) => format!("length {n} is out of range"),
+        // serde's own messages, e.g. "invalid value: integer `9`, expected
+        // variant index 0 <= i < 7".
+        E::OtherString(text) => text.clone(),
+        other => format!("{other:?}"),
+    }
 }
 
 fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
@@ -848,6 +901,27 @@ pub fn peek_hello_version(payload: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::record::ExecResult;
+
+    #[test]
+    fn a_decode_error_names_the_type_and_what_was_wrong() {
+        // Variant 9 of WorkerMessage does not exist.
+        let err = decode::<WorkerMessage>(&[9]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("malformed WorkerMessage: "), "{text}");
+        assert!(text.contains("9"), "{text}");
+        assert!(!text.contains("malformed message"), "{text}");
+        // A payload that stops in the middle says so.
+        let hello = encode(&Hello::client(None, "test")).unwrap();
+        let text = decode::<Hello>(&hello[..hello.len() - 2])
+            .unwrap_err()
+            .to_string();
+        assert!(text.starts_with("malformed Hello: it ends early"), "{text}");
+        // Generic types keep their parameters, without module paths.
+        assert_eq!(
+            short_type_name(std::any::type_name::<Vec<Option<u8>>>()),
+            "Vec<Option<u8>>"
+        );
+    }
 
     #[test]
     fn outcome_text_is_the_same_everywhere() {

@@ -183,29 +183,3 @@ fn reply(r: Result<Reply, DbError>) -> Result<ServerToClient, DbError> {
         Err(reason) => ServerToClient::Failure { reason },
     })
 }
-
-/// Job names become directory names under the state directory.
-pub fn check_job_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || name.len() > 255
-        || name.starts_with('.')
-        || name.contains(['/', '\0'])
-        || name.chars().any(char::is_control)
-    {
-        return Err(format!(
-            "invalid job name {name:?}: it must be 1 to 255 bytes, not start with '.', and contain no '/' or control characters"
-        ));
-    }
-    Ok(())
-}
-
-/// Platform names become file names (templates).
-pub fn check_platform(platform: &str) -> Result<(), String> {
-    if crate::templates::valid_platform(platform) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid platform name {platform:?}: use letters, digits and - _ . +"
-        ))
-    }
-}

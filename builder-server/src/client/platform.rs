@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use protocol::message::ServerToClient;
 
-use super::{check_platform, Reply};
+use super::Reply;
 use crate::db::DbError;
+use crate::names::check_platform;
 use crate::state::Shared;
 
 /// Drops a platform: its queue and script jobs go; its waiting workers are

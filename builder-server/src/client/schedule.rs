@@ -9,8 +9,9 @@ use std::sync::Arc;
 use protocol::message::{JobKind, JobSpec, ScheduleEntry, ServerToClient, Timestamp};
 use protocol::trigger::Trigger;
 
-use super::{check_job_name, check_platform, Reply};
+use super::Reply;
 use crate::db::{DbError, JobUpdate};
+use crate::names::{check_job_name, check_platform};
 use crate::scheduler;
 use crate::state::Shared;
 

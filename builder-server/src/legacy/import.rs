@@ -17,9 +17,9 @@ use protocol::legacy::{Job, State};
 use protocol::message::{JobKind, JobSpec, ScheduleEntry, Timestamp};
 use protocol::record::lossy;
 
-use crate::client::{check_job_name, check_platform};
 use crate::db::{Db, Import, QueuedJob};
 use crate::layout;
+use crate::names::{check_job_name, check_platform};
 use crate::templates::Templates;
 
 /// Largest state file read (the reference's are kilobytes).

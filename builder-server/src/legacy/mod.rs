@@ -102,7 +102,7 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::warn!(%peer, role, error = ?format!("{e:#}"), "reference connection ended with an error");
     }
-    conn.linger_close(crate::LINGER).await;
+    conn.linger_close(crate::listener::LINGER).await;
 }
 
 /// A reference peer cannot send a token: it is admitted when the server

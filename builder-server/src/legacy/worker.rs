@@ -81,7 +81,7 @@ async fn refuse(conn: &mut Connection, reason: String) -> anyhow::Result<()> {
     let failure = Command::Failure {
         message: reason.clone().into_bytes(),
     };
-    let _ = tokio::time::timeout(crate::LINGER, send(conn, &failure)).await;
+    let _ = tokio::time::timeout(crate::listener::LINGER, send(conn, &failure)).await;
     anyhow::bail!(reason)
 }
 
