@@ -16,6 +16,21 @@
 //!   `--max-connections` slots, which only authenticated peers hold; past
 //!   it, peers are refused with a reason.
 //!
+//! What an attacker must sustain to keep a peer out: a newcomer takes the
+//! oldest slot, so a peer's connection is only evicted if `B` more
+//! connections arrive (from its own address when `B` is the per-address
+//! budget, from anywhere for the global one) within `L`, the time from its
+//! accept until its hello is read. Keeping a peer out takes more than
+//! `B / L` new connections per second, without pause. On loopback `L`
+//! was 0.4 ms from connect to welcome with 1000 idle connections held
+//! (`tests/admission.rs`): with the defaults, about 160 000 connections
+//! per second from the peer's own address (`B` = 64), or 2.6 million per
+//! second from elsewhere (`B` = 1024). Even a peer slow enough to use all
+//! of `--hello-timeout` `T` (5 s) is kept out only above `B / T`: 12.8 per
+//! second from its address, 205 overall, which before eviction was merely
+//! the cost of keeping the budget full and locked out every peer of that
+//! address, fast or slow.
+//!
 //! A slot is a guard: dropping it gives the slot back, whatever way the
 //! connection ends (panics included). Slots are kept by age in a
 //! `BTreeMap`, and by address in ordered sets, so finding and evicting the
