@@ -64,8 +64,9 @@ pub struct InspectArgs {
 }
 
 /// When the file is no build record at all (its very first byte is wrong),
-/// what it is instead, for a message without DER terms: `is empty`, or
-/// `is not a build record (it starts with "#!/bin/sh")`. `None` for a
+/// what it is instead, for a message without DER terms: `empty, not a
+/// build record`, or
+/// `not a build record (it starts with "#!/bin/sh")`. `None` for a
 /// record damaged further in, whose exact offset matters.
 fn not_a_record(err: &record::RecordError, path: &Path) -> Option<String> {
     use record::RecordError;
@@ -86,7 +87,7 @@ fn not_a_record(err: &record::RecordError, path: &Path) -> Option<String> {
         .ok()?;
     let where_ = "builder-inspect reads the `full` files of the server's --dir (DIR/JOB/UUID/full)";
     if start.is_empty() {
-        return Some(format!("is empty, not a build record; {where_}"));
+        return Some(format!("empty, not a build record; {where_}"));
     }
     let first_line = start.split(|b| *b == b'\n').next().unwrap_or(&start);
     let shown = match std::str::from_utf8(first_line) {
@@ -97,7 +98,7 @@ fn not_a_record(err: &record::RecordError, path: &Path) -> Option<String> {
         }
     };
     Some(format!(
-        "is not a build record (it starts with {shown}); {where_}"
+        "not a build record (it starts with {shown}); {where_}"
     ))
 }
 
@@ -147,7 +148,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
                 );
             }
             if let Some(what) = not_a_record(&e, &args.file) {
-                bail!("{name} {what}");
+                bail!("{name}: {what}");
             }
             return Err(anyhow!(e).context(name));
         }

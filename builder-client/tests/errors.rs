@@ -123,3 +123,34 @@ fn help_and_version_go_to_stdout_with_status_0() {
         assert!(!out.stdout.is_empty() && out.stderr.is_empty(), "{arg}");
     }
 }
+
+#[test]
+fn builder_inspect_says_what_a_non_record_file_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "script.sh",
+            b"#!/bin/sh\necho hi\n",
+            "not a build record (it starts with \"#!/bin/sh\")",
+        ),
+        ("empty", b"", "empty, not a build record"),
+        (
+            "binary",
+            b"\x7fELF\x02\x01\x01\x00rest",
+            "not a build record (it starts with the bytes 7f 45 4c 46 02 01 01 00)",
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = common::inspect().arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = stderr_lines(&out);
+        assert_eq!(err.len(), 1, "{err:#?}");
+        assert!(
+            err[0].starts_with(&format!("error: {}: {says}; ", path.display())),
+            "{err:#?}"
+        );
+        assert!(!err[0].contains("identifier"), "{err:#?}");
+    }
+}

@@ -134,7 +134,7 @@ fn runtime_errors_are_one_line_in_all_four_programs() {
     assert_eq!(
         err,
         format!(
-            "error: {} is not a build record (it starts with \"#!/bin/sh\"); builder-inspect reads the `full` files of the server's --dir (DIR/JOB/UUID/full)",
+            "error: {}: not a build record (it starts with \"#!/bin/sh\"); builder-inspect reads the `full` files of the server's --dir (DIR/JOB/UUID/full)",
             file.display()
         )
     );
