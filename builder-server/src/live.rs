@@ -120,11 +120,6 @@ impl LiveBuild {
         &self.spool
     }
 
-    /// The worker reported when the job really started.
-    pub fn set_started(&self, at: Timestamp) {
-        self.lock().header.started = at;
-    }
-
     /// The build's header.
     pub fn header(&self) -> BuildHeader {
         self.lock().header.clone()

@@ -36,6 +36,21 @@ pub async fn build_lost(
 ) -> anyhow::Result<()> {
     let uuid = running.uuid;
     let now = Timestamp::now();
+    // A build that goes back to its queue leaves nothing of this attempt
+    // behind by the time anyone can see it queued; one given up keeps its
+    // console for its record.
+    let mut spooled = Some(spooled);
+    if running.job.lost + 1 < db::MAX_LOST {
+        if let Some(spooled) = spooled.take() {
+            spooled.discard_async().await;
+        }
+        remove_empty_job_dir(shared, &running.job.job).await;
+    }
+    let discard = |spooled: Option<Spooled>| async move {
+        if let Some(spooled) = spooled {
+            spooled.discard_async().await;
+        }
+    };
     let fate = match shared.db.worker_lost(uuid).await {
         Ok(fate) => fate,
         Err(e) => {
@@ -45,7 +60,7 @@ pub async fn build_lost(
                 now,
                 JobOutcome::Aborted(format!("worker lost ({reason}); not requeued: {e}")),
             );
-            spooled.discard_async().await;
+            discard(spooled).await;
             shared.live.remove(uuid, live);
             return if e.is_disk_full() {
                 Ok(())
@@ -58,8 +73,7 @@ pub async fn build_lost(
         LostFate::Requeued => {
             let attempt = running.job.lost + 2;
             tracing::warn!(job = ?running.job.job, %uuid, ?reason, attempt, "worker lost; build requeued at the front");
-            spooled.discard_async().await;
-            remove_empty_job_dir(shared, &running.job.job).await;
+            discard(spooled).await;
             // Same UUID: its observers follow it into its next attempt.
             live.requeued(Requeue {
                 attempt,
@@ -71,10 +85,11 @@ pub async fn build_lost(
         LostFate::GiveUp(r) => {
             tracing::error!(job = ?r.job.job, %uuid, ?reason, "worker lost {} times in a row; build aborted", db::MAX_LOST);
             let outcome = JobOutcome::Aborted(format!("worker lost {} times", db::MAX_LOST));
+            let spooled = spooled.unwrap_or_else(Spooled::none);
             end_build(shared, &r, live, r.assigned, now, outcome, spooled).await?;
         }
         LostFate::Unknown => {
-            spooled.discard_async().await;
+            discard(spooled).await;
             shared.live.remove(uuid, live);
         }
     }
