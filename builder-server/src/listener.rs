@@ -109,7 +109,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.
-                    tracing::error!(error = %Chain(&e), "accept failed");
+                    tracing::error!(error = ?Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -188,7 +188,7 @@ async fn handle_connection(
     let mut conn = match Connection::from_tcp(stream, PRE_HELLO_MAX_FRAME) {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::warn!(error = %Chain(&e), "cannot set up connection");
+            tracing::warn!(error = ?Chain(&e), "cannot set up connection");
             return;
         }
     };
@@ -236,7 +236,7 @@ async fn handle_connection(
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
     });
     if let Err(e) = conn.send(&welcome).await {
-        tracing::debug!(%peer, error = %Chain(&e), "peer left during hello");
+        tracing::debug!(%peer, error = ?Chain(&e), "peer left during hello");
         return;
     }
     // Boxed: a task's future is as large as the largest state it can be
@@ -249,7 +249,7 @@ async fn handle_connection(
         }
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, error = %format!("{e:#}"), "connection ended with an error");
+        tracing::warn!(%peer, error = ?protocol::Chain(&*e), "connection ended with an error");
     }
     conn.linger_close(LINGER).await;
 }

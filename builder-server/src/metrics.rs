@@ -281,7 +281,7 @@ pub async fn serve<S: Source>(source: Arc<S>, listener: TcpListener, stop: Cance
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
     {
-        tracing::error!(error = %protocol::Chain(&e), "metrics endpoint failed");
+        tracing::error!(error = ?protocol::Chain(&e), "metrics endpoint failed");
     }
 }
 
@@ -302,7 +302,7 @@ async fn metrics<S: Source>(State(source): State<Arc<S>>) -> axum::response::Res
         )
             .into_response(),
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "metrics scrape failed");
+            tracing::warn!(error = ?protocol::Chain(&*e), "metrics scrape failed");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response()
         }
     }

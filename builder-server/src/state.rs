@@ -96,14 +96,14 @@ impl Shared {
     pub fn refuse_or_stop(&self, error: DbError) -> DbError {
         let chain = protocol::Chain(&error).to_string();
         if error.is_disk_full() {
-            tracing::error!(error = %chain, "disk full: a change to the state was refused");
+            tracing::error!(error = ?chain, "disk full: a change to the state was refused");
             return error;
         }
         if error.is_refused() {
-            tracing::error!(error = %chain, "a change to the state was refused");
+            tracing::error!(error = ?chain, "a change to the state was refused");
             return error;
         }
-        tracing::error!(error = %chain, "cannot persist state; shutting down");
+        tracing::error!(error = ?chain, "cannot persist state; shutting down");
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if fatal.is_none() {
             *fatal = Some(anyhow::anyhow!(chain));

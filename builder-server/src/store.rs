@@ -328,7 +328,7 @@ fn remove_dir_logged(dir: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove directory")
+            tracing::error!(dir = ?dir.display(), error = ?protocol::Chain(&e), "cannot remove directory")
         }
     }
 }

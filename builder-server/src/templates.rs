@@ -39,7 +39,7 @@ impl Templates {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
             Err(e) => {
-                tracing::error!(dir = ?self.dir.display(), error = ?e.to_string(), "cannot read the orb-build template directory");
+                tracing::error!(dir = ?self.dir.display(), error = ?protocol::Chain(&e), "cannot read the orb-build template directory");
                 return Vec::new();
             }
         };
@@ -74,7 +74,7 @@ impl Templates {
             ),
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {
-                    tracing::error!(template = ?path.display(), error = ?e.to_string(), "cannot read orb-build template");
+                    tracing::error!(template = ?path.display(), error = ?protocol::Chain(&e), "cannot read orb-build template");
                 }
                 None
             }

@@ -181,7 +181,7 @@ pub async fn run(shared: Arc<Shared>) {
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = ?e.to_string(), "cannot set up the HTTP client; uploads disabled");
+            tracing::error!(error = ?protocol::Chain(&e), "cannot set up the HTTP client; uploads disabled");
             return;
         }
     };
@@ -362,7 +362,7 @@ impl<T: Send + 'static> InFlight<T> {
 fn delete_build(full: &std::path::Path) {
     if let Some(dir) = full.parent() {
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::error!(dir = ?dir.display(), error = ?e.to_string(), "cannot remove delivered build");
+            tracing::error!(dir = ?dir.display(), error = ?protocol::Chain(&e), "cannot remove delivered build");
         }
     }
 }

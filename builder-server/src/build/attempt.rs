@@ -296,7 +296,7 @@ impl Drop for Attempt {
                     spooled.drop_artifacts().await;
                     let reason = "the server's handler of its worker stopped";
                     if let Err(e) = build_lost(&shared, running, &live, reason, spooled).await {
-                        tracing::error!(error = %format!("{e:#}"), "cannot requeue the build");
+                        tracing::error!(error = ?protocol::Chain(&*e), "cannot requeue the build");
                     }
                 });
             }

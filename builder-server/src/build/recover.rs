@@ -38,7 +38,7 @@ pub async fn recover(shared: &Arc<Shared>) -> anyhow::Result<()> {
         let fate = match shared.db.worker_lost(r.uuid).await {
             Ok(fate) => fate,
             Err(e) if e.is_disk_full() => {
-                tracing::error!(job = ?r.job.job, uuid = %r.uuid, error = ?e.to_string(), "disk full: build left for the next start");
+                tracing::error!(job = ?r.job.job, uuid = %r.uuid, error = ?protocol::Chain(&e), "disk full: build left for the next start");
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -84,10 +84,10 @@ async fn index_stored(
         Err(e) => {
             // `full` only ever appears complete (renamed after fsync), so
             // this is damage from outside; keep the file for inspection.
-            tracing::error!(path = ?path.display(), error = ?format!("{e:#}"), "unreadable record; running the build again");
+            tracing::error!(path = ?path.display(), error = ?protocol::Chain(&*e), "unreadable record; running the build again");
             let aside = build_dir.with_extension("unreadable");
             if let Err(e) = std::fs::rename(build_dir, &aside) {
-                tracing::error!(dir = ?build_dir, error = ?e.to_string(), "cannot move the unreadable record aside");
+                tracing::error!(dir = ?build_dir, error = ?protocol::Chain(&e), "cannot move the unreadable record aside");
             }
             return Ok(false);
         }

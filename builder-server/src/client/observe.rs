@@ -353,7 +353,7 @@ async fn follow(
                     Ok(SpoolRead::Lines(_)) => None,
                     Ok(SpoolRead::Missing(found)) => found,
                     Err(e) => {
-                        tracing::warn!(uuid = %header.uuid, error = ?e.to_string(), "cannot read the console spool for an observer");
+                        tracing::warn!(uuid = %header.uuid, error = ?protocol::Chain(&e), "cannot read the console spool for an observer");
                         None
                     }
                 };

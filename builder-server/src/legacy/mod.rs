@@ -50,7 +50,7 @@ pub async fn serve(
             return;
         }
         Err(e) => {
-            tracing::warn!(%peer, error = %Chain(&e), "unreadable reference hello; closing");
+            tracing::warn!(%peer, error = ?Chain(&e), "unreadable reference hello; closing");
             return;
         }
     };
@@ -92,7 +92,7 @@ pub async fn serve(
         conn.set_frame_timeout(Some(shared.config.frame_timeout));
     }
     if let Err(e) = send(&mut conn, &Command::ServerHello).await {
-        tracing::debug!(%peer, error = %format!("{e:#}"), "reference peer left during hello");
+        tracing::debug!(%peer, error = ?protocol::Chain(&*e), "reference peer left during hello");
         return;
     }
     let result = match kind {
@@ -100,7 +100,7 @@ pub async fn serve(
         PeerKind::Worker => worker::serve(shared, &mut conn).await,
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, role, error = ?format!("{e:#}"), "reference connection ended with an error");
+        tracing::warn!(%peer, role, error = ?protocol::Chain(&*e), "reference connection ended with an error");
     }
     conn.linger_close(crate::listener::LINGER).await;
 }

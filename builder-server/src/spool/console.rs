@@ -319,7 +319,7 @@ impl ConsoleWriter {
             self.dropped.1 += old.data;
             let path = self.path(old.id);
             if let Err(e) = fs::remove_file(&path) {
-                tracing::error!(path = ?path.display(), error = ?e.to_string(), "cannot remove a console segment");
+                tracing::error!(path = ?path.display(), error = ?protocol::Chain(&e), "cannot remove a console segment");
             }
         }
         Ok(())
@@ -381,7 +381,7 @@ impl ConsoleWriter {
             let mut file = match File::open(&path) {
                 Ok(file) => file,
                 Err(e) => {
-                    tracing::error!(path = ?path.display(), error = ?e.to_string(), "cannot read the console spool");
+                    tracing::error!(path = ?path.display(), error = ?protocol::Chain(&e), "cannot read the console spool");
                     return None;
                 }
             };
@@ -393,7 +393,7 @@ impl ConsoleWriter {
                 let lines = match read {
                     Ok(lines) => lines,
                     Err(e) => {
-                        tracing::error!(path = ?path.display(), error = ?e.to_string(), "cannot read the console spool");
+                        tracing::error!(path = ?path.display(), error = ?protocol::Chain(&e), "cannot read the console spool");
                         return None;
                     }
                 };
