@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use builder_worker::cli::Cli;
-use builder_worker::{default_name, Config};
+use builder_worker::{default_name, Config, Refused, EXIT_REFUSED};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -16,7 +16,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A final refusal has its own status, which units do not restart.
+            if e.is::<Refused>() {
+                ExitCode::from(EXIT_REFUSED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -33,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             connect: cli.connect_timeout,
             hello: cli.hello_timeout,
         },
+        connect_retry: cli.connect_retry,
         tmpdir: std::env::temp_dir(),
         host: cli.name.unwrap_or_else(default_name),
     };
