@@ -43,4 +43,4 @@ for target in $targets; do
         sed "s/^/fuzz: $target: /"
     rm -f "$log"
 done
-echo "fuzz: every target ran ${seconds}s without a finding: $(echo $targets | tr ' ' ',')"
+echo "fuzz: every target ran ${seconds}s without a finding: $(printf '%s\n' "$targets" | paste -sd, -)"

@@ -29,6 +29,9 @@
 #   BUILDER_JAIL_USER the user the worker runs as inside the jail (root);
 #                     it must exist in the snapshot
 #   BUILDER_JOBS      with loop: stop after this many jobs (0: never)
+#   BUILDER_REFUSED_PAUSE  with loop: seconds to wait after the server
+#                     refused the worker for good (exit status 3: bad token,
+#                     dropped platform) before the next jail (60)
 #   ORB_IF, ORB_NET   the interface and the server's address on it
 #                     (orb, 127.0.2.1/24)
 
@@ -46,6 +49,7 @@ CONF=${BUILDER_WORKER_CONF:-/usr/local/etc/builder/builder_worker.conf}
 : "${BUILDER_TOKEN_FILE:=}"
 : "${BUILDER_JAIL_USER:=root}"
 : "${BUILDER_JOBS:=0}"
+: "${BUILDER_REFUSED_PAUSE:=60}"
 : "${ORB_IF:=orb}"
 : "${ORB_NET:=127.0.2.1/24}"
 
@@ -178,12 +182,23 @@ loop() {
         job=''
         [ "$status" -eq 0 ] || log "job in $1 failed with status $status"
         [ -z "$stopping" ] || break
+        # 3: the server refused the worker for good (bad token, dropped
+        # platform, other protocol version): a new jail every second cannot
+        # fix that, and exiting would only have daemon -r restart us. (The
+        # worker itself waits out an unreachable server.)
+        pause=1
+        if [ "$status" -eq 3 ]; then
+            pause=$BUILDER_REFUSED_PAUSE
+            log "the server refused the worker in $1 for good (reason above); next try in ${pause}s: fix the setting (token, platform)"
+        fi
         jobs=$((jobs + 1))
         if [ "$BUILDER_JOBS" -gt 0 ] && [ "$jobs" -ge "$BUILDER_JOBS" ]; then
             return 0
         fi
-        # Not a busy loop when the server is unreachable.
-        sleep 1
+        # Not a busy loop when jobs fail at once; a stop ends the wait.
+        sleep "$pause" &
+        pause_pid=$!
+        wait "$pause_pid" 2>/dev/null || kill "$pause_pid" 2>/dev/null || true
     done
     log "stopped"
 }

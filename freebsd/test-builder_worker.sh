@@ -183,6 +183,12 @@ $(job_calls worker1 "")
 $jexec_call
 $stop_calls"
 
+fresh loop-refused
+BUILDER_REFUSED_PAUSE=0 BUILDER_JOBS=2 STUB_JEXEC=fail launch loop worker1; status=$?
+[ "$status" -eq 0 ] || fail "loop after a final refusal: status $status"
+[ "$(grep -c "refused the worker in worker1 for good.*next try in 0s" "$STUB_STATE/out")" -eq 2 ] \
+    || fail "loop after a final refusal: no clear log line: $(cat "$STUB_STATE/out")"
+
 fresh network
 launch network_start && launch network_start; status=$?
 [ "$status" -eq 0 ] || fail "network_start twice: status $status"

@@ -1,14 +1,11 @@
 #!/bin/sh
-# A local demo of the whole farm: builds everything, starts a server on
-# 127.0.0.1 with a temporary state directory, schedules a job, runs one
-# worker, shows the live console and then the stored record.
+# A local demo of the whole farm: builds the programs (scripts/build-release.sh,
+# the build the .deb shares), starts a server on 127.0.0.1 with a temporary
+# state directory, schedules examples/hello.sh, runs one worker, shows the
+# live console and then the stored record.
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release --workspace --locked
-# Where cargo put the binaries: CARGO_TARGET_DIR and build.target-dir count.
-target=$(cargo metadata --format-version 1 --no-deps --locked |
-    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin="${target:-$PWD/target}/release"
+bin=$(scripts/build-release.sh)
 [ -x "$bin/builder-server" ] || { echo "builder-server not found in $bin" >&2; exit 1; }
 demo=$(mktemp -d "${TMPDIR:-/tmp}/builder-demo.XXXXXX")
 server_pid=""
@@ -31,21 +28,15 @@ done
 [ -n "$addr" ] || { echo "server did not start:"; cat "$demo/server.log"; exit 1; }
 echo "== server listening on $addr (state in $demo/state)"
 
-cat > "$demo/hello.sh" <<'SCRIPT'
-#!/bin/sh
-echo "building on $(uname -sm)"
-for i in 1 2 3 4 5; do echo "step $i of 5"; sleep 0.3; done
-mkdir -p dist
-echo "hello from builder" > dist/hello.txt
-echo "done"
-SCRIPT
-"$bin/builder-client" -r "$addr" schedule hello demo-platform "$demo/hello.sh" --period never
+"$bin/builder-client" -r "$addr" schedule hello demo-platform examples/hello.sh --period never
 echo "== scheduled job 'hello'"
 
 echo "== live console:"
 # `execute --observe` follows exactly the build it queues (scheduling queued
 # one already; execute moves it to the front and keeps its UUID). The worker
-# starts once the client has said which build it follows.
+# starts once the client has said which build it follows. The file exists
+# before the client starts, so the wait below never reads a missing file.
+: > "$demo/observe.err"
 "$bin/builder-client" -r "$addr" execute hello --observe 2> "$demo/observe.err" &
 observe_pid=$!
 for _ in $(seq 1 100); do

@@ -45,8 +45,8 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// Give up connecting to the server after SECS seconds (then retry
-    /// with --loop).
+    /// Give up one connection attempt after SECS seconds (then retry; see
+    /// --connect-retry).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
     pub connect_timeout: Duration,
 
@@ -55,6 +55,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = protocol::handshake::parse_timeout_secs)]
     pub hello_timeout: Duration,
 
+    /// Stop retrying and exit non-zero once the server has been unreachable
+    /// (refused, timed out, failed hello, lost before a job) for SECS
+    /// seconds [default: retry forever, every 5 s at most].
+    #[arg(long, value_name = "SECS", value_parser = parse_retry_secs)]
+    pub connect_retry: Option<Duration>,
+
     /// This worker's name in the server's `info` [default: HOST/PID].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
@@ -62,6 +68,16 @@ pub struct Cli {
     /// Log line format on stderr: text or json.
     #[arg(long, value_name = "FORMAT", default_value_t = builder_logging::LogFormat::Text)]
     pub log_format: builder_logging::LogFormat,
+}
+
+/// `--connect-retry`: seconds, fractions allowed, 0 (no retry) to ten years.
+fn parse_retry_secs(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if (0.0..=315_360_000.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds (e.g. 60, or 0 for no retry)"
+        )),
+    }
 }
 
 fn parse_name(name: &str) -> Result<String, String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use builder_logging::exit;
 use builder_worker::cli::Cli;
-use builder_worker::{default_name, Config};
+use builder_worker::{default_name, Config, Refused, EXIT_REFUSED};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -17,6 +17,11 @@ fn main() -> ExitCode {
     builder_logging::init(cli.verbose, cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A final refusal has its own status, which units do not restart.
+        Err(e) if e.is::<Refused>() => {
+            exit::failure(&e, false);
+            ExitCode::from(EXIT_REFUSED)
+        }
         Err(e) => exit::failure(&e, false),
     }
 }
@@ -34,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             connect: cli.connect_timeout,
             hello: cli.hello_timeout,
         },
+        connect_retry: cli.connect_retry,
         tmpdir: std::env::temp_dir(),
         host: cli.name.unwrap_or_else(default_name),
     };
@@ -57,15 +63,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| with_token_hint(e, token_sent))
 }
 
-/// A refused hello that carried no token says how to give one (the
-/// library reports a refusal as `server refused the connection: REASON`).
+/// A refused hello that carried no token says how to give one. It stays a
+/// [`Refused`], so its exit status stays [`EXIT_REFUSED`].
 fn with_token_hint(err: anyhow::Error, token_sent: bool) -> anyhow::Error {
-    let text = format!("{err:#}");
-    match text
-        .strip_prefix("server refused the connection: ")
-        .and_then(|reason| protocol::token::refusal_hint(reason, token_sent))
-    {
-        Some(hint) => anyhow::anyhow!("{text}; {hint}"),
+    let hint = err
+        .downcast_ref::<Refused>()
+        .and_then(|r| protocol::token::refusal_hint(&r.reason, token_sent).map(|h| (r, h)))
+        .map(|(r, hint)| format!("{}; {hint}", r.reason));
+    match hint {
+        Some(reason) => anyhow::Error::new(Refused { reason }),
         None => err,
     }
 }

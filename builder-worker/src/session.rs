@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::job::{self, JobSettings};
-use crate::{Backoff, Config};
+use crate::{Config, Retry};
 
 /// The shortest heartbeat interval the worker accepts from a server.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
@@ -52,11 +52,15 @@ pub(crate) enum Ended {
 /// How a session ended badly.
 #[derive(Debug)]
 pub(crate) enum SessionError {
-    /// The server refused the hello: final, never retried.
+    /// The server refused the hello, with its reason: final unless the
+    /// reason says it is only busy ([`crate::refusal_is_final`]).
     Refused(String),
-    /// Anything else (unreachable, lost, protocol error): retried in
-    /// `--loop` mode.
+    /// No job was running (unreachable, a failed hello, lost while waiting
+    /// for a job, protocol error): retried.
     Failed(anyhow::Error),
+    /// Lost while a job was running (it has been killed): retried in
+    /// `--loop` mode only; a one-shot worker does not take a second job.
+    JobLost(anyhow::Error),
 }
 
 impl From<anyhow::Error> for SessionError {
@@ -69,7 +73,7 @@ impl From<anyhow::Error> for SessionError {
 pub(crate) async fn run(
     config: &Config,
     stop: &CancellationToken,
-    backoff: &mut Backoff,
+    retry: &mut Retry,
 ) -> Result<Ended, SessionError> {
     let remote = &config.remote;
     debug!(%remote, "connecting");
@@ -92,7 +96,7 @@ pub(crate) async fn run(
         warn!(%remote, theirs = server.version, ours = PROTOCOL_VERSION, "server speaks another protocol version");
     }
     info!(%remote, server = ?server.software, platform = ?config.platform, "connected");
-    backoff.reset();
+    retry.connected();
 
     let mut session = Session::new(config, conn, &server);
     session.serve(stop).await
@@ -197,7 +201,7 @@ impl<'a> Session<'a> {
             let (uuid, name) = (job.uuid, job.name.clone());
             job.kill(job::CONNECTION_LOST).await;
             if let Err(SessionError::Failed(e)) = result {
-                return Err(SessionError::Failed(e.context(format!(
+                return Err(SessionError::JobLost(e.context(format!(
                     "lost the connection to {} while running job {name} ({uuid})",
                     self.config.remote
                 ))));

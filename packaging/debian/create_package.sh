@@ -1,9 +1,9 @@
 #!/bin/sh
 # Builds the Debian package from the release binaries and prints its path:
 #   packaging/debian/create_package.sh            -> target/debian/builder_VERSION_ARCH.deb
-# Builds the binaries first (cargo build --release, a no-op when they are
-# current; CARGO_TARGET_DIR is honoured). Set BUILDER_BIN_DIR to package
-# binaries built elsewhere.
+# Builds the binaries first with scripts/build-release.sh, the build that
+# scripts/demo.sh shares (a no-op when they are current; CARGO_TARGET_DIR is
+# honoured). Set BUILDER_BIN_DIR to package binaries built elsewhere.
 #
 # Reproducible: SOURCE_DATE_EPOCH is the last commit's time; every file's
 # mtime is set to it, owners are root:root, modes are fixed, entries are
@@ -28,10 +28,7 @@ arch=$(dpkg --print-architecture)
 homepage=$(sed -n 's/^repository = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 
 if [ -z "${BUILDER_BIN_DIR:-}" ]; then
-    (cd "$root" && cargo build --release --locked --quiet \
-        -p builder-server -p builder-worker -p builder-client -p builder-gen-docs) \
-        || die "cargo build --release failed"
-    BUILDER_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
+    BUILDER_BIN_DIR=$("$root/scripts/build-release.sh") || die "the release build failed"
 fi
 bin=$BUILDER_BIN_DIR
 
@@ -41,7 +38,7 @@ trap 'rm -rf "$stage"' EXIT INT TERM
 pkg="$stage/pkg"
 mkdir -p "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" "$pkg/etc/builder" \
     "$pkg/etc/default" "$pkg/usr/share/man/man1" "$pkg/usr/share/doc/builder" \
-    "$pkg/usr/share/builder/docker"
+    "$pkg/usr/share/builder/docker" "$pkg/usr/share/doc/builder/examples"
 
 for b in builder-server builder-worker builder-client builder-inspect; do
     [ -x "$bin/$b" ] || die "$bin/$b is missing"
@@ -58,6 +55,14 @@ install -m 0644 "$ddir/default" "$pkg/etc/default/builder"
 install -m 0755 "$root/packaging/docker/build-image.sh" "$pkg/usr/share/builder/docker/"
 install -m 0644 "$root/packaging/docker/Dockerfile" "$pkg/usr/share/builder/docker/"
 install -m 0644 "$ddir/copyright" "$pkg/usr/share/doc/builder/copyright"
+# The operator's guide: README.md's operator sections, made now, so it says
+# what the README says.
+sh "$ddir/readme-debian.sh" "$root/README.md" > "$pkg/usr/share/doc/builder/README.Debian" \
+    || die "readme-debian.sh failed"
+chmod 0644 "$pkg/usr/share/doc/builder/README.Debian"
+for ex in "$root"/examples/*; do
+    install -m 0755 "$ex" "$pkg/usr/share/doc/builder/examples/"
+done
 
 # Man pages and completions, generated now from the clap definitions.
 [ -x "$bin/builder-gen-docs" ] || die "$bin/builder-gen-docs is missing"
