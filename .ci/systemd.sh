@@ -192,10 +192,14 @@ say "1. PASS: the host worker unit ran hello; its record is $record"
 worker_active() { [ "$(inside systemctl is-active builder-worker-host.service)" = active ]; }
 # The worker restarts after its job, connects and waits for the next one.
 wait_for 30 worker_active || die "the worker unit is not active after its job"
+restarts() { inside systemctl show -p NRestarts --value builder-worker-host.service; }
+before=$(restarts)
 inside systemctl stop builder.service
 say "2. server stopped; waiting 60 s"
 sleep 60
 worker_active || die "the worker unit did not survive 60 s without its server: $(inside systemctl show -p Result,NRestarts builder-worker-host.service | tr '\n' ' ')"
+# The worker waited in-process: systemd did not have to restart it once.
+[ "$(restarts)" = "$before" ] || die "the worker unit was restarted during the outage ($before -> $(restarts) restarts)"
 inside systemctl start builder.service
 back=$(date +%s)
 starts=$((starts + 1))

@@ -3,11 +3,11 @@
 # one job prints MIB MiB (default 200) of 100-byte lines, then
 # `builder-client observe-latest` replays it from the record. Prints the
 # server's VmHWM/VmRSS after the build and after the replay (the peak is
-# reset in between with /proc/PID/clear_refs). Linux only; run after
-# `cargo build --release --workspace`. Results: BENCHMARKS.md.
+# reset in between with /proc/PID/clear_refs). Linux only; builds with
+# scripts/build-release.sh (a no-op when current). Results: BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="$PWD/target/release"
+bin=$(scripts/build-release.sh)
 mib=${1:-200}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/builder-observe.XXXXXX")
 server_pid=""

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builds the FreeBSD package: packaging/FreeBSD/create_package.sh [OUTDIR]
-# (default: target/pkg). Run on FreeBSD from a checkout, with the release
-# binaries built (`cargo build --release`) or buildable; prints the path
-# of builder-VERSION.pkg.
+# (default: target/pkg). Run on FreeBSD from a checkout; the binaries come
+# from scripts/build-release.sh (the build the Debian package and the demo
+# share; a no-op when current). Prints the path of builder-VERSION.pkg.
 #
 # The package creates the builder user and group (uid/gid 497, as the
 # reference's) and /var/db/builder (0700); it is reproducible:
@@ -24,8 +24,7 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 [ -n "$version" ] || { echo "create_package.sh: error: no version in Cargo.toml" >&2; exit 1; }
 
 cd "$root"
-cargo build --release --locked -p builder-server -p builder-worker -p builder-client -p builder-gen-docs
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+bin=$("$root/scripts/build-release.sh")
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT INT TERM
