@@ -19,8 +19,8 @@
 //! the grace period. Whenever the main process ends, whatever is left of its
 //! group is SIGKILLed at once, so background children neither outlive the job
 //! nor keep the console pipe open; the pipe is then drained to its end.
-//! If the worker itself dies, the job's [`Watchdog`] kills the group and
-//! removes the directory.
+//! If the worker itself dies, the worker's watchdog (the job is
+//! [`Watched`]) kills the group and removes the directory.
 
 use std::fs;
 use std::io::{self, Write};
@@ -47,7 +47,7 @@ use uuid::Uuid;
 use crate::artifacts::{self, ArtifactError, SCRIPT_NAME};
 use crate::console::{Batch, LineSplitter};
 use crate::signals;
-use crate::watchdog::{self, DirLock, Watchdog};
+use crate::watchdog::{self, DirLock, Watched};
 
 /// How jobs are run; the same for every job of a worker.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ pub async fn run(
     out.finished(finished, outcome).await;
     remove_dir(dir).await;
     if let Some(watchdog) = watchdog {
-        watchdog.release().await;
+        watchdog.release();
     }
 }
 
@@ -192,7 +192,7 @@ async fn remove_dir(dir: JobDir) {
     }
 }
 
-/// Writes the script (mode 0500) and runs it under a [`Watchdog`] (left in
+/// Writes the script (mode 0500) and runs it [`Watched`] (left in
 /// `watchdog` for the caller to release once the directory is gone);
 /// returns how it ended and when.
 async fn run_in(
@@ -201,7 +201,7 @@ async fn run_in(
     settings: &JobSettings,
     out: &mut Out,
     abort: watch::Receiver<Option<String>>,
-    watchdog: &mut Option<Watchdog>,
+    watchdog: &mut Option<Watched>,
 ) -> (JobOutcome, Timestamp) {
     let script = dir.join(SCRIPT_NAME);
     if let Err(e) = write_script(&script, &job.script) {
@@ -242,10 +242,10 @@ async fn run_in(
     info!(uuid = %job.uuid, job = ?job.name, pid = pgid.as_raw(), "job started");
     // (No group to watch if the child's pid is unknown: it already ended.)
     if pgid.as_raw() > 1 {
-        match Watchdog::start(pgid, dir) {
+        match Watched::start(pgid, dir) {
             Ok(w) => *watchdog = Some(w),
             // The job still runs; only a worker's death would leave it behind.
-            Err(e) => warn!(uuid = %job.uuid, "cannot start the job's watchdog: {e}"),
+            Err(e) => warn!(uuid = %job.uuid, "cannot watch the job: {e}"),
         }
     }
     let mut supervisor = Supervisor {
