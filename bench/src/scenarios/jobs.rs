@@ -169,6 +169,26 @@ pub async fn run(common: &Common, name: &str, count: u32, workers: u32) -> Resul
             cores as f64 * run
         ),
     );
+    // Per build: the server while running, the workers themselves, the
+    // jobs (the workers' waited-for children: each job's processes, and
+    // before issue 16 a watchdog `sh` per job) and the workers' children
+    // still running (since issue 16: one watchdog per worker).
+    let live_cpu: f64 = worker_usage
+        .iter()
+        .map(|u| u.live_children_cpu_secs())
+        .sum();
+    let per_build = |secs: f64| format!("{:.2} ms", secs * 1000.0 / f64::from(count));
+    r.row(
+        "CPU per build",
+        format!(
+            "{} total: server {}, workers {}, jobs {}, watchdogs still running {}",
+            per_build(server_run_cpu + worker_cpu + jobs_cpu + live_cpu),
+            per_build(server_run_cpu),
+            per_build(worker_cpu),
+            per_build(jobs_cpu),
+            per_build(live_cpu)
+        ),
+    );
     r.row(
         "fsync latency (state dir)",
         format!("{} median of 50", secs(fsync.as_secs_f64())),
