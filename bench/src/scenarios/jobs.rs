@@ -87,9 +87,14 @@ pub async fn run(common: &Common, name: &str, count: u32, workers: u32) -> Resul
         .iter()
         .filter(|r| r.outcome != JobOutcome::Exited(0))
         .count();
+    let first_failed = results
+        .iter()
+        .find(|r| r.outcome != JobOutcome::Exited(0))
+        .map(|r| format!(" (the first: {} {}: {})", r.job, r.uuid, r.outcome))
+        .unwrap_or_default();
     ensure!(
         results.len() == count as usize && failed == 0,
-        "results lists {} builds, {failed} of them failed; expected {count} successes",
+        "results lists {} builds, {failed} of them failed{first_failed}; expected {count} successes",
         results.len()
     );
     let job_time: f64 = results
