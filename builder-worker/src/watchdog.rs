@@ -323,6 +323,22 @@ impl DirLock {
             .map_err(|(_, e)| io::Error::from(e))?;
         Ok(DirLock { _lock: lock })
     }
+
+    /// Checks that the locked directory is still the one at `dir` (another
+    /// worker's [`remove_stale_dirs`] may have removed it before the lock
+    /// was taken).
+    pub fn still_at(&self, dir: &Path) -> io::Result<()> {
+        let locked = self._lock.metadata()?;
+        let there = fs::symlink_metadata(dir)?;
+        if locked.dev() == there.dev() && locked.ino() == there.ino() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} was replaced", dir.display()),
+            ))
+        }
+    }
 }
 
 /// Removes this user's `builder-job-*` directories under `tmpdir` that no
