@@ -89,7 +89,7 @@ pub fn build_dir(state_dir: &Path, job: &str, uuid: Uuid) -> PathBuf {
 pub const ARTIFACTS_DIR: &str = "artifacts.partial";
 
 /// Artifacts of a running build, spooled to disk as they arrive (by the
-/// build's writer thread, [`crate::spool`]).
+/// build's writer, on a thread of the spool pool, [`crate::spool`]).
 pub struct ArtifactSpool {
     dir: PathBuf,
     artifacts: Vec<FileArtifact>,
