@@ -99,6 +99,9 @@ pub struct Usage {
     pub cpu_ticks: u64,
     /// User + system CPU time of its waited-for children, in ticks.
     pub children_cpu_ticks: u64,
+    /// User + system CPU time of its children still running (and of their
+    /// own waited-for children), in ticks: a worker's watchdog.
+    pub live_children_cpu_ticks: u64,
 }
 
 impl Usage {
@@ -110,6 +113,11 @@ impl Usage {
     /// CPU seconds of its finished children.
     pub fn children_cpu_secs(&self) -> f64 {
         self.children_cpu_ticks as f64 / USER_HZ
+    }
+
+    /// CPU seconds of its children still running.
+    pub fn live_children_cpu_secs(&self) -> f64 {
+        self.live_children_cpu_ticks as f64 / USER_HZ
     }
 }
 
@@ -238,6 +246,7 @@ impl Proc {
         let mut usage = self.usage.lock().unwrap();
         if let Some(now) = read_usage(self.pid()) {
             usage.merge(now);
+            usage.live_children_cpu_ticks = live_children_cpu_ticks(self.pid());
         }
         *usage
     }
@@ -408,7 +417,32 @@ pub fn read_usage(pid: u32) -> Option<Usage> {
         max_rss_kib: rss_kib,
         cpu_ticks,
         children_cpu_ticks,
+        // Only when asked for ([`Proc::usage`]), not at every sample.
+        live_children_cpu_ticks: 0,
     })
+}
+
+/// CPU ticks of `pid`'s running children (each one's own and its waited-for
+/// children's), from `/proc/<pid>/task/*/children`.
+fn live_children_cpu_ticks(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for child in children.split_whitespace() {
+            if let Some((own, waited)) = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat_cpu(&stat))
+            {
+                ticks += own + waited;
+            }
+        }
+    }
+    ticks
 }
 
 /// `VmRSS` and `VmHWM` (KiB) from the text of `/proc/<pid>/status`.

@@ -103,7 +103,9 @@ fn the_worker_gives_up_on_a_peer_that_never_answers_the_hello() {
     let peer = silent_peer();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(worker_bin());
+    // Without --connect-retry 0 a worker retries for ever (issue 20).
     cmd.args(["linux", "-r", &peer.addr, "--hello-timeout", "0.3"])
+        .args(["--connect-retry", "0"])
         .env("TMPDIR", tmp.path());
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(1));
@@ -119,7 +121,8 @@ fn the_worker_names_a_closed_port() {
     let addr = closed_port();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(worker_bin());
-    cmd.args(["linux", "-r", &addr]).env("TMPDIR", tmp.path());
+    cmd.args(["linux", "-r", &addr, "--connect-retry", "0"])
+        .env("TMPDIR", tmp.path());
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);

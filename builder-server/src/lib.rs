@@ -20,7 +20,7 @@
 //! - [`layout`]: the server's own files, `DIR/.builder/` (lock, `state.db`).
 //! - [`live`]: running builds and their observers.
 //! - [`spool`]: a running build's console and artifacts on disk, written
-//!   by its writer thread.
+//!   by a small pool of writer threads.
 //! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`, from
 //!   a snapshot the server's state provides.
 //! - [`memory`]: gives memory back to the system after large frames.

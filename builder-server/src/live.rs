@@ -1,7 +1,7 @@
 //! Builds being run: their console so far and the observers following them.
 //!
-//! The worker's handler appends console batches; its build's writer thread
-//! spools them to disk ([`crate::spool`]). The newest lines also stay in
+//! The worker's handler appends console batches; the spool's writers
+//! put them on disk ([`crate::spool`]). The newest lines also stay in
 //! memory, at least those not on disk yet and at most about
 //! [`RECENT_BYTES`] more, so the server's memory stays the same whatever
 //! the console's size.

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use protocol::record::{self, ConsoleSource, FileArtifact, RecordHead};
 use uuid::Uuid;
@@ -89,7 +89,7 @@ pub fn build_dir(state_dir: &Path, job: &str, uuid: Uuid) -> PathBuf {
 pub const ARTIFACTS_DIR: &str = "artifacts.partial";
 
 /// Artifacts of a running build, spooled to disk as they arrive (by the
-/// build's writer thread, [`crate::spool`]).
+/// build's writer, on a thread of the spool pool, [`crate::spool`]).
 pub struct ArtifactSpool {
     dir: PathBuf,
     artifacts: Vec<FileArtifact>,
@@ -192,36 +192,43 @@ const JOB_DIRS_REMEMBERED: usize = 100_000;
 /// A build's record needs its own directory entry and its job directory's
 /// entry on disk. The job directory is new only for a job's first build, so
 /// the state directory is fsynced once per job and server process instead
-/// of once per build.
+/// of once per build; and builds of new jobs that finish together share
+/// one fsync of it ([`GroupSync`]).
 #[derive(Default)]
 pub struct JobDirs {
     durable: Mutex<HashSet<PathBuf>>,
+    state_dir: GroupSync,
 }
 
 impl JobDirs {
-    /// Creates `job_dir` if needed and makes its entry in its parent durable
-    /// (blocking).
-    fn ensure_durable(&self, job_dir: &Path) -> Result<(), StoreError> {
-        // Held across the fsync: a second build of the same job must not
-        // skip it while the first has not finished it.
-        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
-        let created = match fs::create_dir(job_dir) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+    /// Creates `job_dir` if needed (blocking). Returns whether it was
+    /// created: its entry is then to be made durable by
+    /// [`JobDirs::make_durable`].
+    fn create(&self, job_dir: &Path) -> Result<bool, StoreError> {
+        match fs::create_dir(job_dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(job_dir).map_err(io_err(job_dir))?;
-                true
+                Ok(true)
             }
-            Err(e) => return Err(io_err(job_dir)(e)),
-        };
+            Err(e) => Err(io_err(job_dir)(e)),
+        }
+    }
+
+    /// Makes `job_dir`'s entry in its parent durable unless it is known to
+    /// be (blocking). `created`: this build created it just now.
+    fn make_durable(&self, job_dir: &Path, created: bool) -> Result<(), StoreError> {
         // (A job directory removed from outside and created again is
-        // synced again.)
-        if !created && durable.contains(job_dir) {
+        // synced again.) Only a sync that completed is remembered, so a
+        // second build of the same job never skips one that is under way.
+        if !created && lock(&self.durable).contains(job_dir) {
             return Ok(());
         }
         if let Some(state_dir) = job_dir.parent() {
-            sync_dir(state_dir)?;
+            self.state_dir.sync(state_dir)?;
         }
+        let mut durable = lock(&self.durable);
         if durable.len() >= JOB_DIRS_REMEMBERED {
             durable.clear();
         }
@@ -235,7 +242,7 @@ impl JobDirs {
     /// (a spool, a record) makes its entry durable again before a record
     /// counts on it.
     pub fn remove_if_empty(&self, job_dir: &Path) {
-        let mut durable = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+        let mut durable = lock(&self.durable);
         // It fails when not empty (another build of the job has a folder
         // there) or already gone: both fine.
         if fs::remove_dir(job_dir).is_ok() {
@@ -244,9 +251,92 @@ impl JobDirs {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fsyncs of one directory shared between the threads that need one at
+/// the same time (a group commit): a thread that needs the directory's
+/// current entries durable waits for the next fsync that *starts* after it
+/// asked, or starts it. While one fsync runs, every thread arriving waits
+/// for the next, and that one serves them all.
+#[derive(Default)]
+struct GroupSync {
+    state: Mutex<Syncs>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Syncs {
+    /// The directory synced (the first one asked for; another one is
+    /// synced on its own).
+    dir: Option<PathBuf>,
+    /// Fsyncs started and completed (successfully).
+    started: u64,
+    completed: u64,
+    running: bool,
+    /// Threads waiting for a running fsync to end.
+    waiting: usize,
+}
+
+impl GroupSync {
+    fn sync(&self, dir: &Path) -> Result<(), StoreError> {
+        self.sync_with(dir, sync_dir)
+    }
+
+    /// [`GroupSync::sync`] with `fsync` doing the fsync.
+    fn sync_with(
+        &self,
+        dir: &Path,
+        fsync: impl Fn(&Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut syncs = lock(&self.state);
+        match &syncs.dir {
+            None => syncs.dir = Some(dir.to_owned()),
+            Some(known) if known != dir => {
+                drop(syncs);
+                return fsync(dir);
+            }
+            Some(_) => {}
+        }
+        // The first fsync that starts from now on.
+        let needed = syncs.started + 1;
+        loop {
+            if syncs.completed >= needed {
+                return Ok(());
+            }
+            if syncs.running {
+                syncs.waiting += 1;
+                syncs = self.done.wait(syncs).unwrap_or_else(|e| e.into_inner());
+                syncs.waiting -= 1;
+                continue;
+            }
+            syncs.running = true;
+            syncs.started += 1;
+            let mine = syncs.started;
+            drop(syncs);
+            let synced = fsync(dir);
+            syncs = lock(&self.state);
+            syncs.running = false;
+            if synced.is_ok() {
+                syncs.completed = mine;
+            }
+            self.done.notify_all();
+            // (A failed fsync fails its own caller; the others try again.)
+            synced?;
+        }
+    }
+}
+
 /// Writes the record durably to `build_dir/full` (blocking: call from a
 /// blocking thread), its console from `console` when given (from
 /// `head.console` otherwise). Returns the record's path.
+///
+/// Every directory entry the record needs is created first and the fsyncs
+/// come after (the record, its rename, then the directories inward out):
+/// on a journaling file system the record's own fsync commits the new
+/// directories with it, so the directory fsyncs that follow find little or
+/// nothing left to write.
 pub fn write_full(
     job_dirs: &JobDirs,
     build_dir: &Path,
@@ -257,14 +347,15 @@ pub fn write_full(
     let job_dir = build_dir
         .parent()
         .expect("a build directory is inside its job directory");
-    job_dirs.ensure_durable(job_dir)?;
+    let mut new_job = job_dirs.create(job_dir)?;
     match fs::create_dir(build_dir) {
         Ok(()) => {}
+        // Spools were written there.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         // The job's folder was removed meanwhile (its other builds ended
         // without a record): created again, and made durable again.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            job_dirs.ensure_durable(job_dir)?;
+            new_job = true;
             fs::create_dir_all(build_dir).map_err(io_err(build_dir))?;
         }
         Err(e) => return Err(io_err(build_dir)(e)),
@@ -278,9 +369,11 @@ pub fn write_full(
         let _ = fs::remove_file(&partial);
         return Err(e);
     }
-    // `full` in the build directory, the build directory in the job's.
+    // `full` in the build directory, the build directory in the job's, the
+    // job's in the state directory.
     sync_dir(build_dir)?;
     sync_dir(job_dir)?;
+    job_dirs.make_durable(job_dir, new_job)?;
     Ok(full)
 }
 
@@ -384,6 +477,56 @@ mod tests {
         // A state directory that is not there yet.
         fs::remove_dir_all(state.path()).unwrap();
         write(Uuid::new_v4());
+    }
+
+    /// Threads that ask while an fsync runs share the next one; none
+    /// returns on the fsync that was already running when it asked.
+    #[test]
+    fn directory_fsyncs_are_shared_but_never_started_before_the_request() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{mpsc, Arc};
+
+        let group = Arc::new(GroupSync::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let fsync = {
+            let calls = Arc::clone(&calls);
+            move |_: &Path| {
+                // The first fsync is slow: it runs until released.
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    released.lock().unwrap().recv().unwrap();
+                }
+                Ok(())
+            }
+        };
+        let spawn = |group: &Arc<GroupSync>| {
+            let (group, fsync) = (Arc::clone(group), fsync.clone());
+            std::thread::spawn(move || group.sync_with(Path::new("/state"), fsync))
+        };
+        let first = spawn(&group);
+        let wait_for = |what: &str, cond: &dyn Fn(&Syncs) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !cond(&lock(&group.state)) {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::yield_now();
+            }
+        };
+        wait_for("the first fsync to run", &|s| s.running);
+        let later: Vec<_> = (0..5).map(|_| spawn(&group)).collect();
+        wait_for("five to wait", &|s| s.waiting == 5);
+        release.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for t in later {
+            t.join().unwrap().unwrap();
+        }
+        // The first, and one more that serves the five.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(lock(&group.state).completed, 2);
+        // Another directory is synced on its own.
+        group.sync_with(Path::new("/other"), fsync).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(lock(&group.state).completed, 2);
     }
 
     #[test]

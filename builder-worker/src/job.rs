@@ -19,8 +19,8 @@
 //! the grace period. Whenever the main process ends, whatever is left of its
 //! group is SIGKILLed at once, so background children neither outlive the job
 //! nor keep the console pipe open; the pipe is then drained to its end.
-//! If the worker itself dies, the job's [`Watchdog`] kills the group and
-//! removes the directory.
+//! If the worker itself dies, the worker's watchdog (the job is
+//! [`Watched`]) kills the group and removes the directory.
 
 use std::fs;
 use std::io::{self, Write};
@@ -47,7 +47,7 @@ use uuid::Uuid;
 use crate::artifacts::{self, ArtifactError, SCRIPT_NAME};
 use crate::console::{Batch, LineSplitter};
 use crate::signals;
-use crate::watchdog::{self, DirLock, Watchdog};
+use crate::watchdog::{self, DirLock, Watched};
 
 /// How jobs are run; the same for every job of a worker.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ pub async fn run(
     out.finished(finished, outcome).await;
     remove_dir(dir).await;
     if let Some(watchdog) = watchdog {
-        watchdog.release().await;
+        watchdog.release();
     }
 }
 
@@ -165,19 +165,40 @@ struct JobDir {
     _lock: DirLock,
 }
 
+/// How often a job directory is made again when another worker's start-up
+/// sweep takes it between its creation and its lock.
+const CREATE_ATTEMPTS: u32 = 5;
+
 /// A fresh private (0700) directory under `tmpdir`, locked against
 /// [`watchdog::remove_stale_dirs`] of other workers.
 fn create_dir(tmpdir: &Path) -> io::Result<JobDir> {
-    let dir = tempfile::Builder::new()
-        .prefix(watchdog::JOB_DIR_PREFIX)
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(tmpdir)?;
-    let lock = DirLock::take(dir.path())?;
-    // Removed explicitly (and loudly) by `remove_dir`.
-    Ok(JobDir {
-        path: dir.keep(),
-        _lock: lock,
-    })
+    create_dir_checked(tmpdir, &mut |_| {})
+}
+
+/// [`create_dir`], running `between` after creating a directory and before
+/// locking it (where another worker starting may sweep it away: its
+/// [`watchdog::remove_stale_dirs`] takes every unlocked one). Then the lock
+/// fails, or holds a directory that is gone, and another is made.
+fn create_dir_checked(tmpdir: &Path, between: &mut dyn FnMut(&Path)) -> io::Result<JobDir> {
+    let mut attempt = 1;
+    loop {
+        // Removed explicitly (and loudly) by `remove_dir`.
+        let path = tempfile::Builder::new()
+            .prefix(watchdog::JOB_DIR_PREFIX)
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir_in(tmpdir)?
+            .keep();
+        between(&path);
+        let locked = DirLock::take(&path).and_then(|lock| lock.still_at(&path).map(|()| lock));
+        match locked {
+            Ok(lock) => return Ok(JobDir { path, _lock: lock }),
+            Err(e) if attempt < CREATE_ATTEMPTS => {
+                debug!(dir = ?path.display(), "job directory swept away before its lock ({e}), making another");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Removes the job directory, then lets its lock go.
@@ -192,7 +213,7 @@ async fn remove_dir(dir: JobDir) {
     }
 }
 
-/// Writes the script (mode 0500) and runs it under a [`Watchdog`] (left in
+/// Writes the script (mode 0500) and runs it [`Watched`] (left in
 /// `watchdog` for the caller to release once the directory is gone);
 /// returns how it ended and when.
 async fn run_in(
@@ -201,7 +222,7 @@ async fn run_in(
     settings: &JobSettings,
     out: &mut Out,
     abort: watch::Receiver<Option<String>>,
-    watchdog: &mut Option<Watchdog>,
+    watchdog: &mut Option<Watched>,
 ) -> (JobOutcome, Timestamp) {
     let script = dir.join(SCRIPT_NAME);
     if let Err(e) = write_script(&script, &job.script) {
@@ -242,10 +263,10 @@ async fn run_in(
     info!(uuid = %job.uuid, job = ?job.name, pid = pgid.as_raw(), "job started");
     // (No group to watch if the child's pid is unknown: it already ended.)
     if pgid.as_raw() > 1 {
-        match Watchdog::start(pgid, dir) {
+        match Watched::start(pgid, dir) {
             Ok(w) => *watchdog = Some(w),
             // The job still runs; only a worker's death would leave it behind.
-            Err(e) => warn!(uuid = %job.uuid, "cannot start the job's watchdog: {e}"),
+            Err(e) => warn!(uuid = %job.uuid, "cannot watch the job: {e}"),
         }
     }
     let mut supervisor = Supervisor {
@@ -518,5 +539,29 @@ fn outcome_of(status: ExitStatus) -> JobOutcome {
         JobOutcome::Stopped(signals::from_host_number(sig))
     } else {
         JobOutcome::Aborted(format!("unknown wait status {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_directory_swept_before_its_lock_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut made = 0;
+        let dir = create_dir_checked(tmp.path(), &mut |_| {
+            made += 1;
+            if made == 1 {
+                // Another worker starts now.
+                assert_eq!(watchdog::remove_stale_dirs(tmp.path()), 1);
+            }
+        })
+        .unwrap();
+        assert_eq!(made, 2);
+        assert!(dir.path.is_dir());
+        // Locked: the next sweep leaves it.
+        assert_eq!(watchdog::remove_stale_dirs(tmp.path()), 0);
+        assert!(dir.path.is_dir());
     }
 }

@@ -633,6 +633,36 @@ async fn a_killed_worker_takes_its_job_group_and_directory_along() {
     .await;
 }
 
+/// One watchdog serves every job of a `--loop` worker: after a first job
+/// came and went, a second's group and directory still go with the worker.
+#[tokio::test]
+async fn a_killed_loop_worker_takes_its_second_job_along() {
+    let env = Env::new();
+    let (listener, addr) = listen().await;
+    let worker = Worker::start(&env, addr, &["--loop"]);
+    let (mut conn, _) = accept_ready(&listener).await;
+    let first = serve_job(&mut conn, job("echo one\n", 60)).await;
+    assert_eq!(first.outcome(), &JobOutcome::Exited(0));
+    expect_request(&mut conn).await;
+
+    let job = job(
+        "#!/bin/sh\necho \"pid $$\"\nsh -c 'sleep 1000 & echo \"grandchild $!\"; wait' &\nwait\n",
+        3600,
+    );
+    let uuid = job.uuid;
+    conn.send(&ServerToWorker::Job(job)).await.unwrap();
+    let mut report = Report::new(uuid);
+    drive(&mut conn, &mut report, |r| r.value("grandchild").is_some()).await;
+    assert_eq!(env.leftovers().len(), 1, "the running job's directory");
+
+    kill(Pid::from_raw(worker.pid()), HostSignal::SIGKILL).unwrap();
+    wait_gone(&[pid_of(&report, "pid"), pid_of(&report, "grandchild")]).await;
+    wait_until("the job directory to be removed", || {
+        env.leftovers().is_empty()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_starting_worker_removes_stale_job_directories_only() {
     let env = Env::new();

@@ -87,9 +87,14 @@ pub async fn run(common: &Common, name: &str, count: u32, workers: u32) -> Resul
         .iter()
         .filter(|r| r.outcome != JobOutcome::Exited(0))
         .count();
+    let first_failed = results
+        .iter()
+        .find(|r| r.outcome != JobOutcome::Exited(0))
+        .map(|r| format!(" (the first: {} {}: {})", r.job, r.uuid, r.outcome))
+        .unwrap_or_default();
     ensure!(
         results.len() == count as usize && failed == 0,
-        "results lists {} builds, {failed} of them failed; expected {count} successes",
+        "results lists {} builds, {failed} of them failed{first_failed}; expected {count} successes",
         results.len()
     );
     let job_time: f64 = results
@@ -167,6 +172,26 @@ pub async fn run(common: &Common, name: &str, count: u32, workers: u32) -> Resul
         format!(
             "{worker_cpu:.2} s, their jobs {jobs_cpu:.2} s ({cores} cores give {:.2} s)",
             cores as f64 * run
+        ),
+    );
+    // Per build: the server while running, the workers themselves, the
+    // jobs (the workers' waited-for children: each job's processes, and
+    // before issue 16 a watchdog `sh` per job) and the workers' children
+    // still running (since issue 16: one watchdog per worker).
+    let live_cpu: f64 = worker_usage
+        .iter()
+        .map(|u| u.live_children_cpu_secs())
+        .sum();
+    let per_build = |secs: f64| format!("{:.2} ms", secs * 1000.0 / f64::from(count));
+    r.row(
+        "CPU per build",
+        format!(
+            "{} total: server {}, workers {}, jobs {}, watchdogs still running {}",
+            per_build(server_run_cpu + worker_cpu + jobs_cpu + live_cpu),
+            per_build(server_run_cpu),
+            per_build(worker_cpu),
+            per_build(jobs_cpu),
+            per_build(live_cpu)
         ),
     );
     r.row(
