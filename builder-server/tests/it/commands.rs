@@ -2,11 +2,11 @@
 //! watch, one UUID per build, typo guards, update, reschedule into the
 //! past, fetch, JSON errors.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn setup() -> (tempfile::TempDir, Server) {
     let tmp = tempfile::tempdir().unwrap();

@@ -7,12 +7,12 @@
 //! and compared field by field where UUIDs, times and the rest of the farm
 //! differ.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use common::Server;
+use crate::common::Server;
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::legacy::{Command, Info};
 use protocol::message::{ClientRequest, JobOutcome, ServerToClient};

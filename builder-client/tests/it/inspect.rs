@@ -1,11 +1,10 @@
 //! builder-inspect on the reference's golden vectors.
 
-mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use common::{dump, error_lines, fixture, fixtures, inspect, text};
+use crate::common::{dump, error_lines, fixture, fixtures, inspect, text};
 use sha2::{Digest, Sha256};
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,10 +1,9 @@
 //! Scheduling through the real binaries: cron timing, reschedule, execute,
 //! missed runs, platforms, orb-build templates, persistence across SIGKILL.
 
-mod common;
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use common::*;
+use crate::common::*;
 use protocol::message::{ScheduleEntry, Timestamp};
 use protocol::trigger::Trigger;
 

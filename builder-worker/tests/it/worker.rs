@@ -1,13 +1,12 @@
 //! The real `builder-worker` binary against a scripted server on 127.0.0.1:0.
 
-mod common;
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use assert_cmd::Command as AssertCommand;
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{kill, Signal as HostSignal};
 use nix::unistd::Pid;
 use protocol::message::{HelloReply, JobOutcome, Role, ServerToWorker, WorkerMessage};

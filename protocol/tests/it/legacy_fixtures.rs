@@ -15,8 +15,7 @@ use protocol::legacy::{
 use protocol::record::{ExecResult, ScriptJob};
 use sha2::{Digest, Sha256};
 
-mod common;
-use common::{fixtures, hex, quoted, time, vectors, Expected, Vector};
+use crate::common::{fixtures, hex, quoted, time, vectors, Expected, Vector};
 
 // --- the dump format ---
 

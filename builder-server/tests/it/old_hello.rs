@@ -2,9 +2,8 @@
 //! versions, through the real server, from the checked-in hello frames of
 //! version 1.
 
-mod common;
 
-use common::Server;
+use crate::common::Server;
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::message::HelloReply;
 use protocol::PROTOCOL_VERSION;

@@ -1,12 +1,11 @@
 //! Operating the server (issue 13): signals, drain, metrics, health, log
 //! format and worker names, through the real binaries.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

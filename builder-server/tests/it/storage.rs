@@ -2,12 +2,11 @@
 //! server's own file names, a result folder that cannot be written, a full
 //! disk, and the move of an old-layout state directory.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use protocol::message::{ClientRequest, JobOutcome, ResultSummary, ServerToClient};
 use protocol::record::ExecResult;
 

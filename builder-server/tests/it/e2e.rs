@@ -1,11 +1,11 @@
 //! The farm end to end: real server, worker and client processes over real
 //! TCP on 127.0.0.1 (port 0) with a real SQLite state directory.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use protocol::message::{ClientRequest, HelloReply, JobOutcome, ServerToClient};
 use protocol::record::ExecResult;
 use protocol::signal::Signal;

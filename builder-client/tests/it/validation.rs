@@ -1,12 +1,11 @@
 //! Everything the client checks before connecting: each case runs the real
 //! binary against a listener it must never connect to.
 
-mod common;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
 
-use common::{client, error_lines};
+use crate::common::{client, error_lines};
 
 /// A listener that records whether anyone connected.
 struct Trap {

@@ -1,7 +1,6 @@
 //! Delivery to builder-web: a real HTTP server (axum) on 127.0.0.1:0 plays
 //! builder-web; real server and worker processes produce the records.
 
-mod common;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::*;
+use crate::common::*;
 use protocol::message::{ClientRequest, ServerToClient, UploadState};
 use protocol::record::Exec;
 

@@ -2,7 +2,7 @@
 //! each cause once (issue 9, finding 13: a state database that is not one
 //! used to print SQLite's message twice).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -3,9 +3,9 @@
 //! on one real server; unknown reference versions; tokens and
 //! `--legacy-peers`.
 
-mod common;
+use crate::common;
 
-use common::{wait_for, Server};
+use crate::common::{wait_for, Server};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::legacy::{Artifact, Command, ExecResult, Info, PeerKind, Period, ScriptJob};
 use protocol::message::{ClientRequest, JobOutcome, ServerToClient};

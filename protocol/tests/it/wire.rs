@@ -3,7 +3,7 @@
 //! errors, never panics.
 //!
 //! After an intended message change (which bumps `PROTOCOL_VERSION`), write
-//! the new samples with `BLESS=1 cargo test -p builder-protocol --test wire`
+//! the new samples with `BLESS=1 cargo test -p builder-protocol --test it wire::`
 //! and check them in beside the old ones.
 
 use std::path::PathBuf;

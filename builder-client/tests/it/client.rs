@@ -1,11 +1,10 @@
 //! The real client binary against a scripted server speaking the real
 //! protocol: what each command sends, and how each answer is shown.
 
-mod common;
 
 use std::io::Write;
 
-use common::{client, error_lines, Behaviour, Scripted};
+use crate::common::{client, error_lines, Behaviour, Scripted};
 use protocol::info::InfoSummary;
 use protocol::message::{
     BuildHeader, ClientRequest, Info, JobKind, JobOutcome, JobSpec, JobSummary, OutputLine,

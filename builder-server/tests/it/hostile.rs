@@ -2,16 +2,15 @@
 //! is bounded, before its hello and after (issue 9). The peers are written
 //! against the protocol crate (`peer/`), over real TCP.
 
-mod common;
-mod peer;
+use crate::peer;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
-use peer::Dropped;
+use crate::common::*;
+use crate::peer::Dropped;
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::message::{
     ClientRequest, HelloReply, JobOutcome, OutputLine, ServerToClient, ServerToWorker, Timestamp,

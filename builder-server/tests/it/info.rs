@@ -1,9 +1,9 @@
 //! `info` stays within the frame limit whatever the schedule holds, and
 //! `show NAME` returns a job's whole script (issue 9, finding 6).
 
-mod common;
+use crate::common;
 
-use common::Server;
+use crate::common::Server;
 use protocol::message::{ClientRequest, JobKind, JobSpec, JobSummaryKind, ServerToClient};
 use protocol::trigger::Trigger;
 

@@ -3,7 +3,7 @@
 //! each cause once (Displays never repeat their source; `main` prints the
 //! chain with `{:#}` exactly once).
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

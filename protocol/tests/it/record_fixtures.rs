@@ -16,8 +16,7 @@ use protocol::record::{
 };
 use sha2::{Digest, Sha256};
 
-mod common;
-use common::{hex, quoted, time, vectors, Expected, Vector};
+use crate::common::{hex, quoted, time, vectors, Expected, Vector};
 
 fn exec_vectors() -> Vec<Vector> {
     vectors("exec", &[""])

@@ -3,14 +3,14 @@
 //! server started on the result; refused into a directory holding jobs
 //! without `--force`; idempotent with it.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use chrono::{DateTime, Datelike, Utc};
-use common::Server;
+use crate::common::Server;
 use protocol::legacy::{Job, State};
 
 fn fixtures() -> Vec<PathBuf> {
