@@ -1,7 +1,6 @@
 //! The real client binary against a scripted server speaking the real
 //! protocol: what each command sends, and how each answer is shown.
 
-
 use std::io::Write;
 
 use crate::common::{client, error_lines, Behaviour, Scripted};

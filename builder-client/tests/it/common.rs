@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: a scripted server speaking the
-//! real protocol, and the fixtures.
+//! The harness every client test shares: a scripted server speaking the
+//! real protocol, the binaries, and the fixtures. Every wait fails after
+//! [`DEADLINE`].
 
 #![allow(dead_code)]
 
@@ -13,8 +14,9 @@ use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::message::{ClientRequest, Hello, HelloReply, ServerHello, ServerToClient};
 use protocol::PROTOCOL_VERSION;
 
-/// How long a scripted server waits for the client before giving up.
-const SERVER_PATIENCE: Duration = Duration::from_secs(20);
+/// How long any wait in these tests may take before it fails: a scripted
+/// server waiting for the client, a binary run to its end.
+pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// What the scripted server does after reading the hello.
 pub enum Behaviour {
@@ -58,7 +60,7 @@ impl Scripted {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let (stream, _) = tokio::time::timeout(SERVER_PATIENCE, listener.accept())
+                let (stream, _) = tokio::time::timeout(DEADLINE, listener.accept())
                     .await
                     .expect("the client never connected")
                     .unwrap();
@@ -81,11 +83,10 @@ impl Scripted {
                 }))
                 .await
                 .unwrap();
-                let request: Option<ClientRequest> =
-                    tokio::time::timeout(SERVER_PATIENCE, conn.recv())
-                        .await
-                        .expect("no request")
-                        .unwrap();
+                let request: Option<ClientRequest> = tokio::time::timeout(DEADLINE, conn.recv())
+                    .await
+                    .expect("no request")
+                    .unwrap();
                 for answer in answers {
                     // The client may legitimately stop reading (e.g. after a
                     // Failure); ignore errors.
@@ -105,20 +106,33 @@ impl Scripted {
     }
 }
 
+/// Path of a binary of this workspace (`cargo test --workspace` builds
+/// them all before running any test).
+pub fn bin(name: &str) -> PathBuf {
+    let client = PathBuf::from(env!("CARGO_BIN_EXE_builder-client"));
+    let path = client.parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        path.display()
+    );
+    path
+}
+
 /// The client binary with a clean environment.
 pub fn client() -> Command {
     let mut cmd = Command::cargo_bin("builder-client").unwrap();
     cmd.env_remove("BUILDER_REMOTE")
         .env_remove("BUILDER_TOKEN")
         .env_remove("RUST_LOG")
-        .timeout(Duration::from_secs(30));
+        .timeout(DEADLINE);
     cmd
 }
 
 /// The inspect binary.
 pub fn inspect() -> Command {
     let mut cmd = Command::cargo_bin("builder-inspect").unwrap();
-    cmd.env_remove("RUST_LOG").timeout(Duration::from_secs(30));
+    cmd.env_remove("RUST_LOG").timeout(DEADLINE);
     cmd
 }
 

@@ -3,8 +3,7 @@
 //! each cause once (Displays never repeat their source; `main` prints the
 //! chain with `{:#}` exactly once).
 
-use crate::common;
-
+use crate::common::client;
 use std::process::Output;
 
 /// The stderr of a failed run: one line, `error: ...`, whose `: `-separated
@@ -39,7 +38,7 @@ fn an_unreadable_token_file_names_the_file_and_the_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing-token");
     let missing = missing.to_str().unwrap();
-    let out = common::client()
+    let out = client()
         .args(["info", "--token-file", missing])
         .output()
         .unwrap();
@@ -53,10 +52,7 @@ fn an_unreadable_token_file_names_the_file_and_the_cause_once() {
 #[test]
 fn an_unreachable_server_prints_each_cause_once() {
     let remote = format!("127.0.0.1:{}", closed_port());
-    let out = common::client()
-        .args(["info", "-r", &remote])
-        .output()
-        .unwrap();
+    let out = client().args(["info", "-r", &remote]).output().unwrap();
     let line = one_chain(&out, "Connection refused");
     assert!(
         line.starts_with(&format!("error: cannot connect to {remote}: ")),

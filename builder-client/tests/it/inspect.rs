@@ -1,6 +1,5 @@
 //! builder-inspect on the reference's golden vectors.
 
-
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 

@@ -3,9 +3,10 @@
 //! real binaries.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+
+use crate::common::bin;
 
 /// A listener that accepts every connection and never says a word. The
 /// accepted sockets are kept open until the value is dropped.
@@ -31,17 +32,6 @@ fn silent_peer() -> Silent {
 fn closed_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-fn worker_bin() -> PathBuf {
-    let client = PathBuf::from(env!("CARGO_BIN_EXE_builder-client"));
-    let path = client.parent().unwrap().join("builder-worker");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -102,7 +92,7 @@ fn timeout_flags_must_be_positive_seconds() {
 fn the_worker_gives_up_on_a_peer_that_never_answers_the_hello() {
     let peer = silent_peer();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(worker_bin());
+    let mut cmd = Command::new(bin("builder-worker"));
     cmd.args(["linux", "-r", &peer.addr, "--hello-timeout", "0.3"])
         .env("TMPDIR", tmp.path());
     let out = run(cmd);
@@ -118,7 +108,7 @@ fn the_worker_gives_up_on_a_peer_that_never_answers_the_hello() {
 fn the_worker_names_a_closed_port() {
     let addr = closed_port();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(worker_bin());
+    let mut cmd = Command::new(bin("builder-worker"));
     cmd.args(["linux", "-r", &addr]).env("TMPDIR", tmp.path());
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(1));

@@ -1,7 +1,6 @@
 //! Everything the client checks before connecting: each case runs the real
 //! binary against a listener it must never connect to.
 
-
 use std::io::ErrorKind;
 use std::net::TcpListener;
 

@@ -1,34 +1,11 @@
-//! The everyday commands through the real binaries (issue 13): run and
-//! watch, one UUID per build, typo guards, update, reschedule into the
-//! past, fetch, JSON errors.
-
-use crate::common;
-
-use std::process::{Command, Stdio};
+//! The everyday commands through the real client and worker (issue 13):
+//! run and watch, one UUID per build, typo guards, update, reschedule into
+//! the past, fetch, JSON errors.
 
 use crate::common::*;
 
-fn setup() -> (tempfile::TempDir, Server) {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
-    (tmp, server)
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Starts `builder-client -r ADDR ARGS...` without waiting for it.
-fn spawn_client(server: &Server, args: &[&str]) -> std::process::Child {
-    Command::new(bin("builder-client"))
-        .args(["-r", &server.addr])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 #[test]
@@ -48,25 +25,13 @@ fn execute_observe_and_observe_latest_wait_follow_the_run_from_its_first_line() 
         "never",
     ]);
     // No worker yet: nothing has run, and there is nothing to show.
-    let waiting = spawn_client(&server, &["observe-latest", "--wait", "--job", "obs"]);
-    wait_for("the waiting observer to subscribe", || {
-        server
-            .proc
-            .log()
-            .contains("observer waiting for the next build")
-            .then_some(())
-    });
-    let executed = spawn_client(&server, &["execute", "obs", "--observe"]);
+    let waiting = server.spawn_client(&["observe-latest", "--wait", "--job", "obs"]);
+    server.wait_log("observer waiting for the next build");
+    let executed = server.spawn_client(&["execute", "obs", "--observe"]);
     // The one-shot worker starts once execute has moved the queued run to
     // the front (so that it is the build observed): started earlier, it
     // could take that run, and execute would queue and wait for another.
-    wait_for("execute to queue the run", || {
-        server
-            .proc
-            .log()
-            .contains("job queued at the front")
-            .then_some(())
-    });
+    server.wait_log("job queued at the front");
     let _worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
 
     let (mut executed, mut waiting) = (executed, waiting);
@@ -187,7 +152,7 @@ fn typos_are_warned_about_and_every_command_says_what_it_did() {
         .into_iter()
         .find(|e| e.name == "fine")
         .unwrap();
-    let new_script = common::script(tmp.path(), "new.sh", "echo new\n");
+    let new_script = crate::common::script(tmp.path(), "new.sh", "echo new\n");
     let out = server.client_ok(&[
         "update",
         "fine",

@@ -1,7 +1,6 @@
-//! The farm end to end: real server, worker and client processes over real
-//! TCP on 127.0.0.1 (port 0) with a real SQLite state directory.
-
-use crate::common;
+//! The farm end to end: a real server (in this process, or the binary
+//! where it is killed or signalled), real worker and client processes over
+//! real TCP on 127.0.0.1 (port 0), with a real SQLite state directory.
 
 use std::time::Duration;
 
@@ -9,14 +8,6 @@ use crate::common::*;
 use protocol::message::{ClientRequest, HelloReply, JobOutcome, ServerToClient};
 use protocol::record::ExecResult;
 use protocol::signal::Signal;
-
-fn setup() -> (tempfile::TempDir, Server) {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("jobs")).unwrap();
-    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
-    (tmp, server)
-}
 
 #[test]
 fn a_scheduled_job_runs_and_its_record_holds_console_and_artifacts() {
@@ -206,20 +197,8 @@ fn a_job_whose_worker_dies_is_requeued_under_its_uuid_and_keeps_its_observer() {
         std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
     });
     let uuid = server.info().running[0].uuid;
-    let mut observer = std::process::Command::new(bin("builder-client"))
-        .args(["-r", &server.addr, "observe", &uuid.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the observer to attach", || {
-        server
-            .proc
-            .log()
-            .contains("observer attached")
-            .then_some(())
-    });
+    let mut observer = server.spawn_client(&["observe", &uuid.to_string()]);
+    server.wait_log("observer attached");
     first.kill();
     // The worker's watchdog takes the job's group along; this is only in
     // case it did not, so that the test shows the requeue either way.
@@ -254,7 +233,7 @@ fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
     let state = tmp.path().join("state");
     std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
     let (script, pidfile) = twice_script(tmp.path());
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     server.client_ok(&[
         "schedule",
         "twice",
@@ -263,7 +242,7 @@ fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
         "--period",
         "daily",
     ]);
-    let other = common::script(tmp.path(), "other.sh", "true\n");
+    let other = crate::common::script(tmp.path(), "other.sh", "true\n");
     server.client_ok(&[
         "schedule",
         "other",
@@ -278,7 +257,7 @@ fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
         std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
     });
 
-    server.proc.kill();
+    server.kill();
     // The worker notices and kills its job.
     let status = worker.wait_exit();
     assert!(
@@ -289,7 +268,7 @@ fn a_server_killed_mid_job_requeues_it_on_restart_and_keeps_the_schedule() {
         (!alive(pid)).then_some(())
     });
 
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     let after = server.info();
     assert_eq!(after.schedule, before.schedule, "schedule intact");
     assert!(after.running.is_empty());
@@ -334,12 +313,7 @@ fn an_observer_gets_every_line_in_order_and_the_exit_status() {
         server.info().running.first().map(|r| r.uuid)
     });
 
-    let observer = std::process::Command::new(bin("builder-client"))
-        .args(["-r", &server.addr, "observe", &uuid.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let observer = server.spawn_client(&["observe", &uuid.to_string()]);
     std::fs::write(&go, "").unwrap();
     let out = observer.wait_with_output().unwrap();
     let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
@@ -380,7 +354,7 @@ fn a_stalled_observer_does_not_slow_the_job() {
         server.info().running.first().map(|r| r.uuid)
     });
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = runtime();
     // Subscribe, read the start, then never read again.
     let _stalled = rt.block_on(async {
         let mut conn = client_conn(&server.addr).await;
@@ -402,7 +376,7 @@ fn a_stalled_observer_does_not_slow_the_job() {
 #[test]
 fn a_peer_that_does_not_say_hello_is_refused_and_others_are_served() {
     let (_tmp, server) = setup();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = runtime();
     rt.block_on(async {
         // Garbage first frame.
         let mut conn = protocol::codec::Connection::connect(&server.addr, 1 << 20)
@@ -438,15 +412,10 @@ fn tokens_keep_clients_and_workers_apart() {
     let worker_token = tmp.path().join("worker.token");
     std::fs::write(&client_token, "c-secret\n").unwrap();
     std::fs::write(&worker_token, "  w-secret \n").unwrap();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &[
-            "--client-token-file",
-            client_token.to_str().unwrap(),
-            "--worker-token-file",
-            worker_token.to_str().unwrap(),
-        ],
-    );
+    let server = Server::start_with(&tmp.path().join("state"), |c| {
+        c.client_token = Some(token(&client_token));
+        c.worker_token = Some(token(&worker_token));
+    });
     let client = |token: Option<&str>, args: &[&str]| {
         let mut cmd = std::process::Command::new(bin("builder-client"));
         cmd.args(["-r", &server.addr])
@@ -511,7 +480,8 @@ fn listening_beyond_loopback_without_tokens_needs_insecure() {
 
 #[test]
 fn sigterm_stops_the_server_cleanly_and_a_second_server_cannot_share_its_dir() {
-    let (tmp, mut server) = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::binary(&tmp.path().join("state"), &[]);
     let out = std::process::Command::new(bin("builder-server"))
         .args(["--port", "0", "--dir"])
         .arg(&server.dir)
@@ -522,22 +492,16 @@ fn sigterm_stops_the_server_cleanly_and_a_second_server_cannot_share_its_dir() {
 
     let path = script(tmp.path(), "job.sh", "true\n");
     server.client_ok(&["schedule", "kept", "linux", path.to_str().unwrap()]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.proc.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = server.proc.wait_exit();
-    assert_eq!(status.code(), Some(0), "{}", server.proc.log());
-    let server = Server::start(&server.dir.clone(), &[]);
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let server = Server::start(&server.dir.clone());
     assert_eq!(server.info().schedule.len(), 1);
 }
 
 #[test]
 fn a_console_over_the_limit_keeps_its_start_and_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
-    let server = Server::start(&tmp.path().join("state"), &["--max-console-bytes", "20000"]);
+    let (tmp, server) = setup_with(|c| c.max_console = 20000);
     let path = script(
         tmp.path(),
         "loud.sh",
@@ -576,8 +540,8 @@ fn a_console_over_the_limit_keeps_its_start_and_end() {
 #[test]
 fn connections_over_the_limit_are_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &["--max-connections", "1"]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = Server::start_with(&tmp.path().join("state"), |c| c.max_connections = 1);
+    let rt = runtime();
     rt.block_on(async {
         let held = client_conn(&server.addr).await;
         // The limit counts connections whose hello was accepted: the
@@ -638,7 +602,7 @@ fn a_record_stored_but_not_indexed_before_a_crash_is_indexed_not_rerun() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("full"), exec.encode()).unwrap();
 
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     let info = server.info();
     assert!(info.running.is_empty());
     assert!(
@@ -697,12 +661,7 @@ fn a_running_builds_console_lives_in_its_spool_and_a_late_observer_gets_it_all()
     });
 
     // A late observer: the first lines left the server's memory long ago.
-    let observer = std::process::Command::new(bin("builder-client"))
-        .args(["-r", &server.addr, "observe", &uuid.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let observer = server.spawn_client(&["observe", &uuid.to_string()]);
     std::fs::write(&go, "").unwrap();
     let out = observer.wait_with_output().unwrap();
     assert!(

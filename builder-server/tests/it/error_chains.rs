@@ -2,8 +2,7 @@
 //! each cause once (issue 9, finding 13: a state database that is not one
 //! used to print SQLite's message twice).
 
-use crate::common;
-
+use crate::common::bin;
 use std::process::{Command, Output};
 
 /// The stderr's last line: `error: ...` whose `: `-separated parts are all
@@ -24,7 +23,7 @@ fn one_chain(out: &Output, cause: &str) -> String {
 }
 
 fn server(args: &[&str]) -> Output {
-    Command::new(common::bin("builder-server"))
+    Command::new(bin("builder-server"))
         .args(["--ip", "127.0.0.1", "--port", "0"])
         .args(args)
         .env("RUST_LOG", "off")

@@ -1,6 +1,6 @@
-//! Hostile peers against the real server binary: everything a peer controls
-//! is bounded, before its hello and after (issue 9). The peers are written
-//! against the protocol crate (`peer/`), over real TCP.
+//! Hostile peers against the real server: everything a peer controls is
+//! bounded, before its hello and after (issue 9). The peers are written
+//! against the protocol crate ([`crate::peer`]), over real TCP.
 
 use crate::peer;
 
@@ -17,10 +17,6 @@ use protocol::message::{
     WorkerMessage,
 };
 use protocol::record::{Exec, ExecResult};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
 
 /// Schedules `name` for the `linux` platform, run once, with a 1 s timeout.
 fn schedule(server: &Server, tmp: &Path, name: &str) {
@@ -47,7 +43,9 @@ fn abort_message(exec: &Exec) -> String {
 #[test]
 fn a_worker_sending_only_heartbeats_is_dropped_and_the_build_times_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &["--timeout-grace", "1"]);
+    let server = Server::start_with(&tmp.path().join("state"), |c| {
+        c.limits.timeout_grace = Duration::from_secs(1);
+    });
     schedule(&server, tmp.path(), "stuck");
     let dropped = runtime().block_on(async {
         let mut conn = peer::worker(&server.addr, "linux").await;
@@ -74,7 +72,7 @@ fn a_worker_sending_only_heartbeats_is_dropped_and_the_build_times_out() {
 #[test]
 fn too_many_artifacts_abort_the_build_and_remove_its_spool() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     schedule(&server, tmp.path(), "many");
     let (uuid, sent) = runtime().block_on(async {
         let mut conn = peer::worker(&server.addr, "linux").await;
@@ -130,10 +128,9 @@ fn too_many_artifacts_abort_the_build_and_remove_its_spool() {
 #[test]
 fn an_artifact_past_max_artifact_bytes_aborts_the_build_and_removes_its_spool() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--max-artifact-bytes", "1000000"],
-    );
+    let server = Server::start_with(&tmp.path().join("state"), |c| {
+        c.limits.max_artifact_bytes = 1_000_000;
+    });
     schedule(&server, tmp.path(), "huge");
     let uuid = runtime().block_on(async {
         let mut conn = peer::worker(&server.addr, "linux").await;
@@ -174,7 +171,7 @@ fn an_artifact_past_max_artifact_bytes_aborts_the_build_and_removes_its_spool() 
 #[test]
 fn times_lines_and_messages_from_a_worker_are_bounded() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let before = chrono::Utc::now();
     schedule(&server, tmp.path(), "liar");
     let huge_message = "m".repeat(1 << 20);
@@ -263,7 +260,7 @@ fn times_lines_and_messages_from_a_worker_are_bounded() {
 #[test]
 fn a_worker_sending_an_undecodable_frame_is_told_why() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let dropped = runtime().block_on(async {
         let mut conn = peer::worker(&server.addr, "linux").await;
         // A frame whose payload is no WorkerMessage.
@@ -283,14 +280,14 @@ fn a_worker_sending_an_undecodable_frame_is_told_why() {
 #[test]
 fn before_the_hello_only_a_small_frame_is_accepted() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let refused = runtime().block_on(async {
         let mut conn = Connection::connect(&server.addr, DEFAULT_MAX_FRAME)
             .await
             .unwrap();
         // A "hello" of 100 KB: far below --max-frame, far above a hello.
         conn.send(&vec![0u8; 100_000]).await.unwrap();
-        tokio::time::timeout(peer::WAIT, conn.recv::<HelloReply>())
+        tokio::time::timeout(DEADLINE, conn.recv::<HelloReply>())
             .await
             .expect("an answer in time")
             .unwrap()
@@ -312,7 +309,8 @@ fn silent_connections_announcing_16_mib_do_not_cost_16_mib() {
     const SENT: usize = 2 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let limit = CONNECTIONS.to_string();
-    let server = Server::start(
+    // The binary: the server's own memory is measured.
+    let mut server = Server::binary(
         &tmp.path().join("state"),
         &[
             "--max-unauthenticated",
@@ -323,7 +321,7 @@ fn silent_connections_announcing_16_mib_do_not_cost_16_mib() {
             "60",
         ],
     );
-    let pid = server.proc.child.id();
+    let pid = server.pid() as u32;
     let idle = peer::rss(pid);
     let mut held = Vec::new();
     let body = vec![0u8; SENT];
@@ -360,10 +358,10 @@ fn silent_connections_announcing_16_mib_do_not_cost_16_mib() {
 #[test]
 fn idle_connections_that_never_say_hello_do_not_lock_clients_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--max-connections", "5", "--hello-timeout", "60"],
-    );
+    let server = Server::start_with(&tmp.path().join("state"), |c| {
+        c.max_connections = 5;
+        c.hello_timeout = Duration::from_secs(60);
+    });
     let rt = runtime();
     let (held, refused) = rt.block_on(async {
         // 300 idle connections from another address: far past
@@ -378,7 +376,7 @@ fn idle_connections_that_never_say_hello_do_not_lock_clients_out() {
         }
         let last = held.pop().unwrap();
         let mut last = Connection::new(last, DEFAULT_MAX_FRAME, "last".into());
-        let refused = tokio::time::timeout(peer::WAIT, last.recv::<HelloReply>())
+        let refused = tokio::time::timeout(DEADLINE, last.recv::<HelloReply>())
             .await
             .expect("the refusal in time")
             .unwrap();
@@ -414,7 +412,9 @@ fn idle_connections_that_never_say_hello_do_not_lock_clients_out() {
 #[test]
 fn a_client_that_sends_half_a_frame_is_closed_but_an_idle_one_is_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &["--frame-timeout", "1"]);
+    let server = Server::start_with(&tmp.path().join("state"), |c| {
+        c.frame_timeout = Duration::from_secs(1);
+    });
     runtime().block_on(async {
         let mut idle = client_conn(&server.addr).await;
         let mut half = client_conn(&server.addr).await;
@@ -426,7 +426,7 @@ fn a_client_that_sends_half_a_frame_is_closed_but_an_idle_one_is_not() {
         }
         let mut failure = None;
         loop {
-            match tokio::time::timeout(peer::WAIT, half.recv::<ServerToClient>())
+            match tokio::time::timeout(DEADLINE, half.recv::<ServerToClient>())
                 .await
                 .expect("the half-frame client is closed within the read timeout")
             {

@@ -1,9 +1,7 @@
 //! `info` stays within the frame limit whatever the schedule holds, and
 //! `show NAME` returns a job's whole script (issue 9, finding 6).
 
-use crate::common;
-
-use crate::common::Server;
+use crate::common::{client_conn, runtime, Server};
 use protocol::message::{ClientRequest, JobKind, JobSpec, JobSummaryKind, ServerToClient};
 use protocol::trigger::Trigger;
 
@@ -28,7 +26,7 @@ fn big_script(len: usize, tag: &str) -> String {
 #[test]
 fn two_nine_mib_scripts_leave_info_working_and_show_returns_each_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let scripts: Vec<(String, String)> = ["big1", "big2"]
         .iter()
         .map(|name| (name.to_string(), big_script(9 * MIB, name)))
@@ -96,17 +94,10 @@ fn an_info_too_big_for_one_frame_arrives_whole_in_parts() {
     const MAX_FRAME: usize = 4096;
     const JOBS: usize = 400;
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--max-frame", &MAX_FRAME.to_string()],
-    );
+    let server = Server::start_with(&tmp.path().join("state"), |c| c.max_frame = MAX_FRAME);
     let name = |i: usize| format!("{i:0>200}");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut conn = common::client_conn(&server.addr).await;
+    runtime().block_on(async {
+        let mut conn = client_conn(&server.addr).await;
         for i in 0..JOBS {
             conn.send(&ClientRequest::Schedule {
                 job: JobSpec {

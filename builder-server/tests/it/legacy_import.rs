@@ -1,20 +1,19 @@
 //! `builder-server --import-state`: every reference state fixture imported
-//! by the real binary, checked through `builder-client info --json` on the
+//! by the real binary, checked through `builder-client info --json` on a
 //! server started on the result; refused into a directory holding jobs
 //! without `--force`; idempotent with it.
-
-use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::common::{bin, fixtures, Server};
 use chrono::{DateTime, Datelike, Utc};
-use crate::common::Server;
 use protocol::legacy::{Job, State};
 
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+/// The reference's state files that have a dump, and the end-to-end run's.
+fn state_files() -> Vec<PathBuf> {
+    let root = fixtures();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("state"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -27,7 +26,7 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 fn import(dir: &Path, etc: &Path, file: &Path, force: bool) -> Output {
-    let mut cmd = std::process::Command::new(common::bin("builder-server"));
+    let mut cmd = std::process::Command::new(bin("builder-server"));
     cmd.arg("--dir")
         .arg(dir)
         .arg("--config-dir")
@@ -47,7 +46,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn every_reference_state_file_imports() {
     let tmp = tempfile::tempdir().unwrap();
-    for (n, file) in fixtures().iter().enumerate() {
+    for (n, file) in state_files().iter().enumerate() {
         let shown = file.display().to_string();
         let decoded = State::decode(&std::fs::read(file).unwrap()).unwrap();
         let state = &decoded.state;
@@ -108,7 +107,7 @@ fn every_reference_state_file_imports() {
             );
         }
 
-        let server = Server::start(&dir, &[]);
+        let server = Server::start(&dir);
         let out = server.client_ok(&["info", "--json"]);
         let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let schedule: BTreeMap<String, &serde_json::Value> = info["schedule"]
@@ -220,8 +219,8 @@ fn an_unreadable_state_file_is_refused_with_the_reason() {
 fn a_state_directory_in_use_is_not_imported_into() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let server = Server::start(&dir, &[]);
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/state/02-typical.der");
+    let server = Server::start(&dir);
+    let file = fixtures().join("state/02-typical.der");
     let out = import(&dir, tmp.path(), &file, true);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);

@@ -3,21 +3,12 @@
 //! on one real server; unknown reference versions; tokens and
 //! `--legacy-peers`.
 
-use crate::common;
-
-use crate::common::{wait_for, Server};
+use crate::common::{bin, console, runtime, script, token, wait_for, Server, DEADLINE};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::legacy::{Artifact, Command, ExecResult, Info, PeerKind, Period, ScriptJob};
 use protocol::message::{ClientRequest, JobOutcome, ServerToClient};
 use protocol::trigger::Trigger;
 use uuid::Uuid;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn send(conn: &mut Connection, command: &Command) {
     conn.send_frame(&command.encode()).await.unwrap();
@@ -25,7 +16,7 @@ async fn send(conn: &mut Connection, command: &Command) {
 
 /// The next command; `None` when the server closed the connection.
 async fn recv(conn: &mut Connection) -> Option<Command> {
-    let frame = tokio::time::timeout(common::DEADLINE, conn.recv_frame())
+    let frame = tokio::time::timeout(DEADLINE, conn.recv_frame())
         .await
         .expect("an answer in time")
         .ok()??;
@@ -77,9 +68,9 @@ fn old_info(addr: &str) -> Info {
 #[test]
 fn a_job_of_a_new_client_runs_on_a_reference_worker() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let script = "#!/bin/sh\necho hi\n";
-    let file = common::script(tmp.path(), "newjob.sh", script);
+    let file = crate::common::script(tmp.path(), "newjob.sh", script);
     server.client_ok(&["schedule", "newjob", "linux", file.to_str().unwrap()]);
     let rt = runtime();
     let uuid = rt.block_on(async {
@@ -143,7 +134,7 @@ fn a_job_of_a_new_client_runs_on_a_reference_worker() {
     });
     let records = server.wait_records("newjob", 1);
     assert_eq!(records[0].uuid, *uuid.as_bytes());
-    assert_eq!(common::console(&records[0]), ["line one", "line two"]);
+    assert_eq!(console(&records[0]), ["line one", "line two"]);
     assert_eq!(records[0].console[0].delta_ns, 5_000);
     assert_eq!(records[0].output.len(), 1);
     assert_eq!(records[0].output[0].path, b"bin/out.hvt");
@@ -194,7 +185,7 @@ fn a_job_of_a_reference_client_runs_on_a_new_worker_and_is_observed() {
     let tmp = tempfile::tempdir().unwrap();
     let worker_tmp = tmp.path().join("worker-tmp");
     std::fs::create_dir(&worker_tmp).unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let rt = runtime();
     let script = "#!/bin/sh\necho one\nsleep 1\necho two\nexit 4\n";
     let job = ScriptJob::new("oldjob", script, Some(b"linux".to_vec()));
@@ -240,9 +231,9 @@ fn a_job_of_a_reference_client_runs_on_a_new_worker_and_is_observed() {
 #[test]
 fn a_reference_client_sees_the_new_protocols_jobs() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let script = "#!/bin/sh\ntrue\n";
-    let file = common::script(tmp.path(), "job.sh", script);
+    let file = crate::common::script(tmp.path(), "job.sh", script);
     let file = file.to_str().unwrap();
     server.client_ok(&["schedule", "nightly", "linux", file, "--cron", "0 3 * * *"]);
     server.client_ok(&["schedule", "weekly", "freebsd", file, "--period", "weekly"]);
@@ -277,7 +268,7 @@ fn a_reference_client_sees_the_new_protocols_jobs() {
 #[test]
 fn an_unknown_reference_version_is_closed_and_logged() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let rt = runtime();
     for (kind, version) in [
         (PeerKind::Client, 12),
@@ -289,7 +280,7 @@ fn an_unknown_reference_version_is_closed_and_logged() {
         assert_eq!(answer, None, "{kind:?} {version}");
         let peer = conn.get_mut().local_addr().unwrap().to_string();
         wait_for("the log line", || {
-            let log = server.proc.log();
+            let log = server.log();
             log.lines()
                 .any(|l| {
                     l.contains("unsupported protocol version")
@@ -308,27 +299,22 @@ fn reference_peers_need_no_tokens_or_a_legacy_peers_network() {
     let worker_token = tmp.path().join("worker.token");
     std::fs::write(&client_token, "c-secret\n").unwrap();
     std::fs::write(&worker_token, "w-secret\n").unwrap();
-    let tokens = [
-        "--client-token-file",
-        client_token.to_str().unwrap(),
-        "--worker-token-file",
-        worker_token.to_str().unwrap(),
-    ];
     let rt = runtime();
     for (legacy_peers, admitted) in [
         (None, false),
         (Some("10.0.0.0/8,fd00::/8"), false),
         (Some("10.0.0.0/8,127.0.0.0/8"), true),
     ] {
-        let mut args = tokens.to_vec();
-        if let Some(nets) = legacy_peers {
-            args.extend(["--legacy-peers", nets]);
-        }
-        let server = Server::start(
-            &tmp.path()
-                .join(format!("state-{admitted}-{}", legacy_peers.is_some())),
-            &args,
-        );
+        let state = tmp
+            .path()
+            .join(format!("state-{admitted}-{}", legacy_peers.is_some()));
+        let server = Server::start_with(&state, |c| {
+            c.client_token = Some(token(&client_token));
+            c.worker_token = Some(token(&worker_token));
+            if let Some(nets) = legacy_peers {
+                c.legacy_peers = builder_server::legacy::peers::parse_list(nets).unwrap();
+            }
+        });
         for kind in [PeerKind::Client, PeerKind::Worker] {
             let version = if kind == PeerKind::Client { 13 } else { 5 };
             let (_, answer) = rt.block_on(hello(&server.addr, kind, version));
@@ -346,18 +332,12 @@ fn reference_peers_need_no_tokens_or_a_legacy_peers_network() {
                     }
                     other => panic!("{legacy_peers:?} {kind:?}: {other:?}"),
                 }
-                wait_for("the refusal in the log", || {
-                    server
-                        .proc
-                        .log()
-                        .contains("refused reference peer")
-                        .then_some(())
-                });
+                server.wait_log("refused reference peer");
             }
         }
     }
     // A bad network is refused at start-up with the reason.
-    let out = std::process::Command::new(common::bin("builder-server"))
+    let out = std::process::Command::new(bin("builder-server"))
         .args(["--port", "0", "--dir"])
         .arg(tmp.path().join("state-bad"))
         .args(["--legacy-peers", "127.0.0.1/8"])
@@ -374,8 +354,8 @@ fn reference_peers_need_no_tokens_or_a_legacy_peers_network() {
 #[test]
 fn a_reference_worker_over_the_job_timeout_is_cut_off() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
-    let file = common::script(tmp.path(), "slow.sh", "#!/bin/sh\nsleep 100\n");
+    let server = Server::start(&tmp.path().join("state"));
+    let file = script(tmp.path(), "slow.sh", "#!/bin/sh\nsleep 100\n");
     server.client_ok(&[
         "schedule",
         "slow",

@@ -7,20 +7,17 @@
 //! and compared field by field where UUIDs, times and the rest of the farm
 //! differ.
 
-use crate::common;
-
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::common::Server;
+use crate::common::{console, fixtures, runtime, wait_for, Server, DEADLINE};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::legacy::{Command, Info};
 use protocol::message::{ClientRequest, JobOutcome, ServerToClient};
-use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 fn wire_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/e2e/wire")
+    fixtures().join("e2e/wire")
 }
 
 /// One recorded frame: connection, global sequence, direction, payload.
@@ -51,13 +48,6 @@ fn frames() -> Vec<Frame> {
     }
     frames.sort_by_key(|f| f.seq);
     frames
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Replaces the recording's UUIDs by the ones this server gave out.
@@ -123,7 +113,7 @@ fn check_info(seq: u32, recorded: &Info, got: &Info, uuids: &HashMap<Uuid, Uuid>
 #[test]
 fn every_recorded_conversation_replays_against_the_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let rt = runtime();
     let mut uuids: HashMap<Uuid, Uuid> = HashMap::new();
     let mut conns: BTreeMap<u32, Connection> = BTreeMap::new();
@@ -159,7 +149,7 @@ fn every_recorded_conversation_replays_against_the_server() {
                 };
                 conn.send_frame(&bytes).await.unwrap();
             } else {
-                let got = tokio::time::timeout(common::DEADLINE, conn.recv_frame())
+                let got = tokio::time::timeout(DEADLINE, conn.recv_frame())
                     .await
                     .unwrap_or_else(|_| panic!("{seq}: no answer"))
                     .unwrap()
@@ -221,7 +211,7 @@ fn every_recorded_conversation_replays_against_the_server() {
     // what it sent.
     let wirejob = server.wait_records("wirejob", 1);
     assert_eq!(
-        common::console(&wirejob[0]),
+        console(&wirejob[0]),
         ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5"]
     );
     let wirejob2 = server.wait_records("wirejob2", 1);
@@ -239,7 +229,7 @@ fn every_recorded_conversation_replays_against_the_server() {
         .unwrap();
     assert_eq!(allbytes.data, (0..=255u8).collect::<Vec<u8>>());
     // A record is written before its build is indexed: wait for both.
-    let results = common::wait_for("both builds indexed", || {
+    let results = wait_for("both builds indexed", || {
         let results = match server.request(ClientRequest::Results {
             job: None,
             limit: 10,

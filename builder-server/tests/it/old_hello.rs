@@ -1,9 +1,8 @@
 //! A peer of an older protocol version gets a refusal that names both
-//! versions, through the real server, from the checked-in hello frames of
+//! versions, through the server, from the checked-in hello frames of
 //! version 1.
 
-
-use crate::common::Server;
+use crate::common::{runtime, Server};
 use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
 use protocol::message::HelloReply;
 use protocol::PROTOCOL_VERSION;
@@ -13,12 +12,9 @@ use tokio::io::AsyncWriteExt;
 fn a_version_1_hello_is_refused_naming_both_versions() {
     const { assert!(PROTOCOL_VERSION > 1, "this test needs an older version") };
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
+    let server = Server::start(&tmp.path().join("state"));
     let frames = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/frames");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     for file in ["v1-hello-client.bin", "v1-hello-worker.bin"] {
         let frame = std::fs::read(frames.join(file)).unwrap();
         let reply = rt.block_on(async {

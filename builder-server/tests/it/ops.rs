@@ -1,23 +1,19 @@
 //! Operating the server (issue 13): signals, drain, metrics, health, log
-//! format and worker names, through the real binaries.
-
+//! format and worker names. Signals and the log format go to the real
+//! binary; the rest to a server in this process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-fn setup(extra: &[&str]) -> (tempfile::TempDir, Server) {
+/// [`setup`] with the real binary, run with `extra` flags.
+fn setup_binary(extra: &[&str]) -> (tempfile::TempDir, Server) {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
-    let server = Server::start(&tmp.path().join("state"), extra);
+    let server = Server::binary(&tmp.path().join("state"), extra);
     (tmp, server)
-}
-
-fn signal(proc: &Guard, sig: Signal) {
-    kill(Pid::from_raw(proc.child.id() as i32), sig).unwrap();
 }
 
 /// A job script that runs until `flag` exists.
@@ -43,27 +39,21 @@ fn schedule(server: &Server, job: &str, platform: &str, script: &Path) {
     ]);
 }
 
-fn wait_log(proc: &Guard, what: &str) {
-    wait_for(&format!("log line {what:?}"), || {
-        proc.log().contains(what).then_some(())
-    });
-}
-
 #[test]
 fn sighup_is_logged_and_the_server_keeps_serving() {
-    let (_tmp, mut server) = setup(&[]);
-    signal(&server.proc, Signal::SIGHUP);
-    wait_log(&server.proc, "SIGHUP received");
+    let (_tmp, mut server) = setup_binary(&[]);
+    server.signal(Signal::SIGHUP);
+    server.wait_log("SIGHUP received");
     // Still answering after the signal was handled.
     assert!(server.info().schedule.is_empty());
-    assert!(server.proc.child.try_wait().unwrap().is_none());
-    signal(&server.proc, Signal::SIGTERM);
-    assert_eq!(server.proc.wait_exit().code(), Some(0));
+    assert!(server.exited().is_none());
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 #[test]
 fn sigterm_with_drain_timeout_lets_the_running_build_finish_and_hands_out_no_more() {
-    let (tmp, mut server) = setup(&["--drain-timeout", "60"]);
+    let (tmp, mut server) = setup_binary(&["--drain-timeout", "60"]);
     let flag = tmp.path().join("go");
     schedule(
         &server,
@@ -75,25 +65,21 @@ fn sigterm_with_drain_timeout_lets_the_running_build_finish_and_hands_out_no_mor
     wait_for("the build to run", || {
         (!server.info().running.is_empty()).then_some(())
     });
-    signal(&server.proc, Signal::SIGTERM);
-    wait_log(&server.proc, "draining");
+    server.signal(Signal::SIGTERM);
+    server.wait_log("draining");
     // Queued during the drain: not handed to the (looping) worker.
     let quick = script(tmp.path(), "second.sh", "#!/bin/sh\ntrue\n");
     schedule(&server, "second", "linux", &quick);
     assert!(
-        server.proc.child.try_wait().unwrap().is_none(),
+        server.exited().is_none(),
         "the server must wait for the running build:\n{}",
-        server.proc.log()
+        server.log()
     );
 
     std::fs::write(&flag, "").unwrap();
-    let status = server.proc.wait_exit();
-    assert_eq!(status.code(), Some(0), "{}", server.proc.log());
-    assert!(
-        server.proc.log().contains("drained"),
-        "{}",
-        server.proc.log()
-    );
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("drained"), "{}", server.log());
     let first = server.records("first");
     assert_eq!(first.len(), 1, "the running build was stored");
     assert!(
@@ -102,7 +88,7 @@ fn sigterm_with_drain_timeout_lets_the_running_build_finish_and_hands_out_no_mor
     );
 
     // The queued build is still there for the next start.
-    let server = Server::start(&server.dir.clone(), &[]);
+    let server = Server::start(&server.dir.clone());
     let queued: Vec<String> = server
         .info()
         .queues
@@ -114,7 +100,7 @@ fn sigterm_with_drain_timeout_lets_the_running_build_finish_and_hands_out_no_mor
 
 #[test]
 fn a_build_still_running_at_the_drain_timeout_is_requeued_and_the_server_exits_0() {
-    let (tmp, mut server) = setup(&["--drain-timeout", "1"]);
+    let (tmp, mut server) = setup_binary(&["--drain-timeout", "1"]);
     let never = tmp.path().join("never");
     schedule(
         &server,
@@ -126,17 +112,13 @@ fn a_build_still_running_at_the_drain_timeout_is_requeued_and_the_server_exits_0
     wait_for("the build to run", || {
         (!server.info().running.is_empty()).then_some(())
     });
-    signal(&server.proc, Signal::SIGTERM);
-    let status = server.proc.wait_exit();
-    assert_eq!(status.code(), Some(0), "{}", server.proc.log());
-    assert!(
-        server.proc.log().contains("drain timeout"),
-        "{}",
-        server.proc.log()
-    );
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("drain timeout"), "{}", server.log());
     assert!(server.records("slow").is_empty());
 
-    let server = Server::start(&server.dir.clone(), &[]);
+    let server = Server::start(&server.dir.clone());
     let queued: Vec<String> = server
         .info()
         .queues
@@ -149,7 +131,7 @@ fn a_build_still_running_at_the_drain_timeout_is_requeued_and_the_server_exits_0
 /// The metrics endpoint's address, from the start-up line.
 fn metrics_addr(server: &Server) -> String {
     wait_for("the metrics address", || {
-        let log = server.proc.log();
+        let log = server.log();
         let rest = log.split("metrics=").nth(1)?;
         Some(rest.split_whitespace().next()?.to_owned())
     })
@@ -164,7 +146,7 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 
 #[test]
 fn metrics_move_as_builds_queue_run_and_finish_and_healthz_answers() {
-    let (tmp, server) = setup(&["--metrics", "127.0.0.1:0"]);
+    let (tmp, server) = setup_with(|c| c.metrics = Some("127.0.0.1:0".parse().unwrap()));
     let base = format!("http://{}", metrics_addr(&server));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -216,20 +198,19 @@ fn metrics_move_as_builds_queue_run_and_finish_and_healthz_answers() {
 
     // Observed.
     let uuid = server.info().running[0].uuid.to_string();
-    let mut observer = Command::new(bin("builder-client"))
-        .args(["-r", &server.addr, "observe", &uuid])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let observer = server.spawn_client(&["observe", &uuid]);
     wait_for("an observer in the metrics", || {
         (sample(&get("/metrics").1, "builder_observers_connected") == 1.0).then_some(())
     });
 
     // Finished.
     std::fs::write(&flag, "").unwrap();
-    assert!(observer.wait().unwrap().success());
+    let observed = observer.wait_with_output().unwrap();
+    assert!(
+        observed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&observed.stderr)
+    );
     assert!(worker.wait_exit().success(), "{}", worker.log());
     let text = wait_for("the finished build in the metrics", || {
         let text = get("/metrics").1;
@@ -268,7 +249,7 @@ fn metrics_beyond_loopback_need_insecure() {
 
 #[test]
 fn two_workers_on_one_host_are_told_apart_by_name() {
-    let (tmp, server) = setup(&[]);
+    let (tmp, server) = setup();
     let wtmp = tmp.path().join("worker-tmp");
     let _named = server.worker("linux", &wtmp, &["--loop", "--name", "builder one"]);
     let _default = server.worker("linux", &wtmp, &["--loop"]);
@@ -318,11 +299,11 @@ fn json_logs_are_one_object_per_line_and_text_logs_quote_values_and_have_no_colo
     );
 
     // Text: a job name with a space stays one logfmt value; no ANSI in a pipe.
-    let (tmp, server) = setup(&[]);
+    let (tmp, server) = setup_binary(&[]);
     let path = script(tmp.path(), "job.sh", "#!/bin/sh\ntrue\n");
     schedule(&server, "a b", "linux", &path);
-    wait_log(&server.proc, "job scheduled");
-    let log = server.proc.log();
+    server.wait_log("job scheduled");
+    let log = server.log();
     assert!(log.contains(r#"job="a b""#), "{log}");
     assert!(
         log.contains("config_dir=") && log.contains("tokens=\"none\""),
@@ -333,7 +314,7 @@ fn json_logs_are_one_object_per_line_and_text_logs_quote_values_and_have_no_colo
 
 #[test]
 fn the_missing_template_warning_comes_only_while_orb_jobs_exist() {
-    let (tmp, server) = setup(&[]);
+    let (tmp, server) = setup();
     let wtmp = tmp.path().join("worker-tmp");
     let warning = "no orb-build template";
     {
@@ -341,13 +322,9 @@ fn the_missing_template_warning_comes_only_while_orb_jobs_exist() {
         wait_for("the worker", || {
             (server.info().workers.len() == 1).then_some(())
         });
-        wait_log(&server.proc, "worker connected");
+        server.wait_log("worker connected");
     }
-    assert!(
-        !server.proc.log().contains(warning),
-        "{}",
-        server.proc.log()
-    );
+    assert!(!server.log().contains(warning), "{}", server.log());
 
     // An orb job for the platform that has a template; linux has none.
     let etc = server.dir.join("etc");
@@ -359,5 +336,5 @@ fn the_missing_template_warning_comes_only_while_orb_jobs_exist() {
     .unwrap();
     server.client_ok(&["orb-build", "orb", "hello", "--period", "never"]);
     let _worker = server.worker("linux", &wtmp, &["--loop"]);
-    wait_log(&server.proc, warning);
+    server.wait_log(warning);
 }

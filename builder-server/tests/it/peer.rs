@@ -13,8 +13,7 @@ use protocol::message::{
 };
 use tokio::net::{TcpSocket, TcpStream};
 
-/// How long the peer waits for anything from the server.
-pub const WAIT: Duration = Duration::from_secs(60);
+use crate::common::DEADLINE;
 
 /// A worker connection after an accepted hello.
 pub async fn worker(addr: &str, platform: &str) -> Connection {
@@ -40,7 +39,7 @@ pub async fn worker(addr: &str, platform: &str) -> Connection {
 pub async fn take_job(conn: &mut Connection) -> JobAssignment {
     conn.send(&WorkerMessage::RequestJob).await.unwrap();
     loop {
-        let msg = tokio::time::timeout(WAIT, conn.recv::<ServerToWorker>())
+        let msg = tokio::time::timeout(DEADLINE, conn.recv::<ServerToWorker>())
             .await
             .expect("a job in time")
             .unwrap();
@@ -63,12 +62,12 @@ pub enum Dropped {
 
 /// Sends heartbeats (and nothing else) until the server drops the worker.
 pub async fn heartbeats_until_dropped(conn: &mut Connection, every: Duration) -> Dropped {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut failure = None;
     loop {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the server kept a heartbeat-only worker for {WAIT:?}"
+            "the server kept a heartbeat-only worker for {DEADLINE:?}"
         );
         match tokio::time::timeout(every, conn.recv::<ServerToWorker>()).await {
             Err(_) => {
@@ -88,7 +87,7 @@ pub async fn heartbeats_until_dropped(conn: &mut Connection, every: Duration) ->
 pub async fn read_until_closed(conn: &mut Connection) -> Dropped {
     let mut failure = None;
     loop {
-        match tokio::time::timeout(WAIT, conn.recv::<ServerToWorker>())
+        match tokio::time::timeout(DEADLINE, conn.recv::<ServerToWorker>())
             .await
             .expect("the server closes the connection in time")
         {

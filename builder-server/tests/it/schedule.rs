@@ -1,18 +1,11 @@
-//! Scheduling through the real binaries: cron timing, reschedule, execute,
-//! missed runs, platforms, orb-build templates, persistence across SIGKILL.
+//! Scheduling through the real client and worker: cron timing, reschedule,
+//! execute, missed runs, platforms, orb-build templates, persistence across
+//! SIGKILL (of the real server binary).
 
-
-use chrono::{DurationRound, TimeDelta, Utc};
 use crate::common::*;
+use chrono::{DurationRound, TimeDelta, Utc};
 use protocol::message::{ScheduleEntry, Timestamp};
 use protocol::trigger::Trigger;
-
-fn setup() -> (tempfile::TempDir, Server) {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
-    let server = Server::start(&tmp.path().join("state"), &[]);
-    (tmp, server)
-}
 
 fn entry(server: &Server, name: &str) -> ScheduleEntry {
     server.show(name)
@@ -60,7 +53,7 @@ fn reschedule_sets_the_next_run_exactly_and_queues_nothing_and_survives_sigkill(
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("worker-tmp")).unwrap();
     let state = tmp.path().join("state");
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     let path = script(tmp.path(), "daily.sh", "echo daily\n");
     server.client_ok(&["schedule", "daily", "linux", path.to_str().unwrap()]);
     let mut worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
@@ -91,8 +84,8 @@ fn reschedule_sets_the_next_run_exactly_and_queues_nothing_and_survives_sigkill(
     assert_eq!(server.info().queues[0].jobs, ["daily"]);
     assert_eq!(entry(&server, "daily"), after);
 
-    server.proc.kill();
-    let server = Server::start(&state, &[]);
+    server.kill();
+    let server = Server::start(&state);
     assert_eq!(
         entry(&server, "daily"),
         after,
@@ -128,7 +121,7 @@ fn a_job_that_missed_runs_is_queued_once_and_keeps_its_phase() {
         };
         assert!(block(db.insert_job(&entry)).unwrap());
     }
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     let next = wait_for("the missed run to be handled", || {
         let e = entry(&server, "hourly");
         (e.next_run != Some(Timestamp::from_datetime(slot))).then_some(e.next_run)
@@ -223,7 +216,7 @@ fn orb_build_jobs_are_queued_on_every_platform_with_a_template() {
         "echo bsd %%OPAM_PACKAGE%%\n",
     )
     .unwrap();
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
 
     let out = server.client_ok(&["orb-build", "solo5", "solo5-hvt", "--period", "weekly"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("freebsd, linux"));
@@ -262,7 +255,6 @@ fn orb_build_jobs_are_queued_on_every_platform_with_a_template() {
             .then_some(())
     });
     let warnings = server
-        .proc
         .log()
         .lines()
         .filter(|l| l.contains("no orb-build template") && l.contains("sparc"))

@@ -1,7 +1,8 @@
-//! Storage failures, through the real binaries: job names that were the
-//! server's own file names, a result folder that cannot be written, a full
-//! disk, and the move of an old-layout state directory.
-
+//! Storage failures, through the real client and worker: job names that
+//! were the server's own file names, a result folder that cannot be
+//! written, a full disk, and the move of an old-layout state directory.
+//! Where a test kills the server or reads its exit status, the server is
+//! the real binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,7 +54,7 @@ fn jobs_named_like_the_servers_files_are_run_stored_and_survive_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let names = ["lock", "state.db", "state.db-wal", "state.db-shm"];
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     for name in names {
         schedule(&server, tmp.path(), name, &format!("echo I am {name}\n"));
     }
@@ -64,9 +65,9 @@ fn jobs_named_like_the_servers_files_are_run_stored_and_survive_a_restart() {
         assert_eq!(console(&records[0]), [format!("I am {name}")]);
     }
     worker.kill();
-    server.proc.kill();
+    server.kill();
 
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     for name in names {
         let r = results(&server, name);
         assert_eq!(r.len(), 1, "{name}");
@@ -134,6 +135,7 @@ impl Drop for Output {
 struct Immutable(PathBuf);
 
 impl Immutable {
+    /// Call [`needs_root`] first: only root can.
     fn new(dir: &Path) -> Immutable {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("chattr").arg("+i").arg(dir).output().unwrap();
@@ -156,8 +158,11 @@ impl Drop for Immutable {
 #[test]
 fn an_unwritable_result_folder_ends_that_build_only() {
     let tmp = tempfile::tempdir().unwrap();
+    if !needs_root("chattr +i (a folder even root cannot write)") {
+        return;
+    }
     let state = tmp.path().join("state");
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     let release = tmp.path().join("release");
     schedule(
         &server,
@@ -210,8 +215,8 @@ fn an_unwritable_result_folder_ends_that_build_only() {
     worker.wait_exit();
 
     // A restart works, the build is still recorded.
-    server.proc.kill();
-    let server = Server::start(&state, &[]);
+    server.kill();
+    let server = Server::start(&state);
     let r = results(&server, "stuck");
     assert_eq!(r.len(), 1);
     assert!(aborted_reason(&r[0]).contains("cannot store the build"));
@@ -226,10 +231,10 @@ fn an_unwritable_result_folder_ends_that_build_only() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// `None` (after saying so loudly) when not root.
+    /// `None` when not root and [`SKIP_ROOT`] says to skip (see
+    /// [`needs_root`]); not root otherwise fails the test.
     fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: needs root to mount tmpfs (a full disk is simulated on one)");
+        if !needs_root("mounting a tmpfs (a full disk is simulated on one)") {
             return None;
         }
         std::fs::create_dir_all(dir).unwrap();
@@ -279,7 +284,7 @@ fn a_full_disk_aborts_the_build_once_and_the_server_keeps_serving() {
     let Some(_tmpfs) = Tmpfs::mount(&state, "24m") else {
         return;
     };
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     schedule(
         &server,
         tmp.path(),
@@ -302,11 +307,7 @@ fn a_full_disk_aborts_the_build_once_and_the_server_keeps_serving() {
     let info = server.info();
     assert!(info.queues.iter().all(|q| q.jobs.is_empty()), "{info:?}");
     assert_eq!(results(&server, "big").len(), 1);
-    assert!(
-        !server.proc.log().contains("worker lost"),
-        "{}",
-        server.proc.log()
-    );
+    assert!(!server.log().contains("worker lost"), "{}", server.log());
     // The spool went; the aborted record (with the console) was written in
     // the room it left.
     let records = server.wait_records("big", 1);
@@ -395,7 +396,7 @@ fn an_old_layout_state_directory_is_moved_once() {
     assert!(state.join("state.db").is_file(), "nothing moved");
     drop(held);
 
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     let info = server.info();
     assert_eq!(info.queues[0].jobs, ["kept"], "the WAL's change came along");
     assert!(!state.join("state.db").exists());
@@ -416,9 +417,9 @@ fn a_lost_build_leaves_no_empty_folder_behind() {
     use protocol::message::{Hello, HelloReply, Role, ServerToWorker, WorkerMessage};
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let server = Server::start(&state, &[]);
+    let server = Server::start(&state);
     schedule(&server, tmp.path(), "dropped", "echo hi > out\n");
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = runtime();
     // A worker that sends half an artifact and vanishes.
     let uuid = rt.block_on(async {
         let mut conn = protocol::codec::Connection::connect(&server.addr, 1 << 20)
@@ -488,6 +489,9 @@ fn a_lost_build_leaves_no_empty_folder_behind() {
 
 #[test]
 fn start_up_does_not_depend_on_writing_a_record() {
+    if !needs_root("chattr +i (a folder even root cannot write)") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let db_path = builder_server::layout::db_path(&state);
@@ -506,7 +510,7 @@ fn start_up_does_not_depend_on_writing_a_record() {
     // ...and its record cannot be written.
     let _immutable = Immutable::new(&state.join("poison"));
 
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     let r = results(&server, "poison");
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].uuid, running.uuid);
@@ -517,8 +521,8 @@ fn start_up_does_not_depend_on_writing_a_record() {
     );
     assert!(server.info().running.is_empty());
     // And again: nothing is left to trip over.
-    server.proc.kill();
-    let server = Server::start(&state, &[]);
+    server.kill();
+    let server = Server::start(&state);
     assert_eq!(results(&server, "poison").len(), 1);
 }
 
@@ -526,7 +530,7 @@ fn start_up_does_not_depend_on_writing_a_record() {
 fn a_state_database_it_cannot_write_stops_the_server_with_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let mut server = Server::start(&state, &[]);
+    let mut server = Server::binary(&state, &[]);
     schedule(&server, tmp.path(), "before", "true\n");
     // Another process holds the write lock: not a full disk, so the server
     // cannot keep its promise that what it acknowledges is durable.
@@ -542,9 +546,9 @@ fn a_state_database_it_cannot_write_stops_the_server_with_an_error() {
         "never",
     ]);
     assert!(!out.status.success(), "the change was refused");
-    let status = server.proc.wait_exit();
+    let status = server.wait_exit();
     assert!(!status.success(), "the server exits non-zero: {status:?}");
-    let log = server.proc.log();
+    let log = server.log();
     assert!(log.contains("cannot persist state"), "{log}");
     assert!(log.contains("error: "), "{log}");
     other.execute_batch("ROLLBACK").unwrap();

@@ -1,16 +1,16 @@
 //! Delivery to builder-web: a real HTTP server (axum) on 127.0.0.1:0 plays
-//! builder-web; real server and worker processes produce the records.
-
+//! builder-web; a real server (the binary where its flags, log or SIGKILL
+//! are tested) and real worker processes produce the records.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use crate::common::*;
 use protocol::message::{ClientRequest, ServerToClient, UploadState};
 use protocol::record::Exec;
 
@@ -84,13 +84,32 @@ fn start_store() -> (Arc<Store>, String, tokio::runtime::Runtime) {
     (store, addr, rt)
 }
 
-const FAST_RETRY: &[&str] = &["--upload-backoff-min-ms", "50", "--upload-backoff-cap", "1"];
+/// A server in this process delivering to `url`, retrying fast, with its
+/// delivery settings changed by `configure`.
+fn upload_server(
+    state: &std::path::Path,
+    url: &str,
+    configure: impl FnOnce(&mut builder_server::upload::UploadConfig),
+) -> Server {
+    let mut upload = builder_server::upload::UploadConfig::parse(url, None).unwrap();
+    upload.backoff_base = std::time::Duration::from_millis(50);
+    upload.backoff_cap = std::time::Duration::from_secs(1);
+    configure(&mut upload);
+    Server::start_with(state, |c| c.upload = Some(upload))
+}
 
-fn upload_server(state: &std::path::Path, url: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--upload", url];
-    args.extend_from_slice(FAST_RETRY);
+/// The same with the real binary, its flags and `extra`.
+fn upload_binary(state: &std::path::Path, url: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--upload",
+        url,
+        "--upload-backoff-min-ms",
+        "50",
+        "--upload-backoff-cap",
+        "1",
+    ];
     args.extend_from_slice(extra);
-    Server::start(state, &args)
+    Server::binary(state, &args)
 }
 
 fn run_jobs(server: &Server, tmp: &std::path::Path, names: &[&str]) {
@@ -154,7 +173,8 @@ fn a_record_is_posted_with_basic_auth_and_exactly_the_stored_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     // user "us@er", password "p:ss w", percent-encoded in the URL.
     let url = format!("http://us%40er:p%3Ass%20w@{addr}/upload");
-    let server = upload_server(&tmp.path().join("state"), &url, &[]);
+    // The binary: what it logs is checked.
+    let server = upload_binary(&tmp.path().join("state"), &url, &[]);
     run_jobs(&server, tmp.path(), &["one"]);
     wait_for("the record to be delivered", || {
         (!store.received().is_empty()).then_some(())
@@ -177,7 +197,7 @@ fn a_record_is_posted_with_basic_auth_and_exactly_the_stored_bytes() {
         matches!(upload_states(&server)[0].1, UploadState::Delivered { .. }).then_some(())
     });
     assert!(
-        !server.proc.log().contains("p:ss"),
+        !server.log().contains("p:ss"),
         "the password is never logged"
     );
 }
@@ -189,7 +209,7 @@ fn credentials_can_come_from_a_file() {
     let creds = tmp.path().join("credentials");
     std::fs::write(&creds, "builder:s3cret\n").unwrap();
     let url = format!("http://{addr}/upload");
-    let server = upload_server(
+    let server = upload_binary(
         &tmp.path().join("state"),
         &url,
         &["--upload-credentials", creds.to_str().unwrap()],
@@ -212,7 +232,7 @@ fn a_failed_upload_is_retried_and_409_counts_as_delivered() {
     let server = upload_server(
         &tmp.path().join("state"),
         &format!("http://{addr}/upload"),
-        &[],
+        |_| {},
     );
     run_jobs(&server, tmp.path(), &["first"]);
     wait_for("500 then 201", || {
@@ -244,7 +264,7 @@ fn records_stored_while_the_store_is_down_are_delivered_oldest_first() {
     let server = upload_server(
         &tmp.path().join("state"),
         &format!("http://{addr}/upload"),
-        &["--upload-concurrency", "1"],
+        |u| u.concurrency = 1,
     );
     let names = ["a", "b", "c", "d"];
     run_jobs(&server, tmp.path(), &names);
@@ -285,15 +305,15 @@ fn pending_uploads_survive_a_server_killed_with_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let url = format!("http://{addr}/upload");
-    let mut server = upload_server(&state, &url, &[]);
+    let mut server = upload_binary(&state, &url, &[]);
     run_jobs(&server, tmp.path(), &["x", "y", "z"]);
     wait_for("failed attempts", || {
         (!store.received().is_empty()).then_some(())
     });
-    server.proc.kill();
+    server.kill();
 
     store.down.store(false, Ordering::SeqCst);
-    let server = upload_server(&state, &url, &[]);
+    let server = upload_server(&state, &url, |_| {});
     wait_for("all delivered after restart", || {
         let states = upload_states(&server);
         (states.len() == 3
@@ -326,7 +346,7 @@ fn delete_delivered_removes_the_record_but_keeps_the_index() {
     let server = upload_server(
         &tmp.path().join("state"),
         &format!("http://{addr}/upload"),
-        &["--delete-delivered"],
+        |u| u.delete_delivered = true,
     );
     run_jobs(&server, tmp.path(), &["gone"]);
     wait_for("delivery", || (store.accepted().len() == 1).then_some(()));

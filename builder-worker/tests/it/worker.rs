@@ -1,12 +1,11 @@
 //! The real `builder-worker` binary against a scripted server on 127.0.0.1:0.
 
-
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use assert_cmd::Command as AssertCommand;
 use crate::common::*;
+use assert_cmd::Command as AssertCommand;
 use nix::sys::signal::{kill, Signal as HostSignal};
 use nix::unistd::Pid;
 use protocol::message::{HelloReply, JobOutcome, Role, ServerToWorker, WorkerMessage};
