@@ -15,6 +15,20 @@
 //! copy helpers: what two modules need goes into `common.rs`, and every
 //! wait uses [`common::DEADLINE`]. Run one module with
 //! `cargo test -p builder-server --test it NAME::`.
+//!
+//! A test file written for the old layout (`tests/NAME.rs` with its own
+//! `mod common;`) folds in as `tests/it/NAME.rs` with `mod common;` and
+//! `mod peer;` removed, `common::` read as `crate::common::`, and:
+//! - `Server::start(dir, &[])` becomes `Server::start(dir)`, and
+//!   `Server::start(dir, &["--flag", "v"])` becomes
+//!   `Server::start_with(dir, |c| c.field = v)` (or `Server::binary(dir,
+//!   &["--flag", "v"])` where the flag's parsing, a signal, SIGKILL, the
+//!   exit status or the binary's log is what the test checks);
+//! - `server.proc.log()`, `.kill()`, `.wait_exit()` and `.child.id()`
+//!   become `server.log()`, `server.kill()`, `server.wait_exit()` and
+//!   `server.pid()` (the last three only on a binary);
+//! - its own `setup()`, `runtime()` and `fixtures()` give way to those of
+//!   `common`, and `peer::WAIT` to `DEADLINE`.
 
 mod common;
 mod peer;
