@@ -2,8 +2,6 @@
 //! where it is killed or signalled), real worker and client processes over
 //! real TCP on 127.0.0.1 (port 0), with a real SQLite state directory.
 
-use std::time::Duration;
-
 use crate::common::*;
 use protocol::message::{ClientRequest, HelloReply, JobOutcome, ServerToClient};
 use protocol::record::ExecResult;
@@ -394,7 +392,7 @@ fn a_peer_that_does_not_say_hello_is_refused_and_others_are_served() {
         let mut raw = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
         raw.write_all(&(1u64 << 40).to_be_bytes()).await.unwrap();
         let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut reply))
+        tokio::time::timeout(DEADLINE, raw.read_to_end(&mut reply))
             .await
             .expect("server closes the connection")
             .unwrap();

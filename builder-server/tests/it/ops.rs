@@ -148,10 +148,7 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 fn metrics_move_as_builds_queue_run_and_finish_and_healthz_answers() {
     let (tmp, server) = setup_with(|c| c.metrics = Some("127.0.0.1:0".parse().unwrap()));
     let base = format!("http://{}", metrics_addr(&server));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let http = reqwest::Client::new();
     let get = |path: &str| {
         rt.block_on(async {
