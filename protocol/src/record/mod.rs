@@ -58,8 +58,8 @@ use crate::signal::Signal;
 
 pub use der::{INT_MAX, INT_MIN};
 pub use read::{
-    index_record, read_console_lines, read_record, read_record_with_limit, ConsoleIndex,
-    DEFAULT_HEAD_LIMIT,
+    index_record, locate_artifacts, read_console_lines, read_record, read_record_with_limit,
+    ConsoleIndex, DEFAULT_HEAD_LIMIT,
 };
 pub use write::{
     console_line_len, encode_console_line, record_len, write_record, write_record_from_spools,
