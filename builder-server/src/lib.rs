@@ -17,6 +17,9 @@
 //! - [`spool`]: a running build's console and artifacts on disk, written
 //!   by its writer thread.
 //! - [`metrics`]: `--metrics`: Prometheus `/metrics` and `/healthz`.
+//! - [`http`]: `--http`: the JSON API, live consoles, builder-web's URL
+//!   shape and the dashboard.
+//! - [`events`]: the farm's event stream.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
@@ -29,6 +32,8 @@ pub mod build;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod events;
+pub mod http;
 pub mod layout;
 pub mod legacy;
 pub mod live;
@@ -106,6 +111,9 @@ pub struct Config {
     /// build is handed out meanwhile. Zero: stop at once (they are requeued
     /// at the next start).
     pub drain_timeout: Duration,
+    /// The HTTP listener (`--http`), if any (checked for loopback by the
+    /// caller).
+    pub http: Option<http::HttpConfig>,
 }
 
 impl Config {
@@ -130,6 +138,7 @@ impl Config {
             legacy_peers: Vec::new(),
             metrics: None,
             drain_timeout: Duration::ZERO,
+            http: None,
         }
     }
 }
@@ -202,6 +211,9 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(http) = &shared.config.http {
+        http::start(&shared, http, &mut tasks).await?;
+    }
 
     log_start(&shared.config, &listener, metrics_addr);
     tokio::pin!(shutdown);
@@ -460,6 +472,7 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<First, Str
     Ok(First::Hello(hello))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares two secrets in time that depends only on their lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

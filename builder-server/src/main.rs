@@ -132,6 +132,43 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // --http (issue 17).
+    let http = match args.http {
+        Some(addr) => {
+            if !addr.ip().is_loopback()
+                && (client_token.is_none() || worker_token.is_none())
+                && !args.insecure
+            {
+                anyhow::bail!(
+                    "refusing to serve --http on {addr} without --client-token-file and --worker-token-file; pass --insecure to do it anyway"
+                );
+            }
+            if args.http_max_connections == 0 || args.http_max_sse == 0 {
+                anyhow::bail!("--http-max-connections and --http-max-sse must be positive");
+            }
+            if args.http_header_timeout == 0 || args.http_idle_timeout == 0 {
+                anyhow::bail!("--http-header-timeout and --http-idle-timeout must be positive");
+            }
+            if let Some(url) = args
+                .public_url
+                .as_deref()
+                .filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                anyhow::bail!("--public-url {url:?}: give an absolute http:// or https:// URL");
+            }
+            Some(builder_server::http::HttpConfig {
+                public_url: args.public_url.clone(),
+                public_read: args.http_public_read,
+                max_connections: args.http_max_connections,
+                max_sse: args.http_max_sse,
+                max_body: args.http_max_body,
+                header_timeout: Duration::from_secs(args.http_header_timeout),
+                idle_timeout: Duration::from_secs(args.http_idle_timeout),
+                ..builder_server::http::HttpConfig::new(addr)
+            })
+        }
+        None => None,
+    };
     let config = Config {
         dir: args.dir,
         config_dir: args.config_dir,
@@ -155,6 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         legacy_peers,
         metrics: args.metrics,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        http,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

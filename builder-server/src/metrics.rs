@@ -254,7 +254,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response {
     match shared.metrics.scrape(&shared).await {
         Ok(text) => (
             [(
@@ -271,7 +271,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> axum::response::Response 
     }
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+pub(crate) async fn healthz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     match shared.db.ping().await {
         Ok(()) => (StatusCode::OK, "ok\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
