@@ -432,6 +432,50 @@ fn latest_skips_a_failed_newer_build_and_main_binary_needs_one_candidate() {
     assert!(main.json()["error"].as_str().unwrap().contains("ambiguous"));
 }
 
+#[test]
+fn bounds_refuse_large_bodies_and_extra_connections_and_close_idle_ones() {
+    let (_tmp, _server, base) = setup(&[
+        "--http-max-connections",
+        "2",
+        "--http-max-body",
+        "16",
+        "--http-idle-timeout",
+        "1",
+    ]);
+    let big = rt().block_on(async {
+        client()
+            .post(format!("{base}/api/v1/jobs/x/execute"))
+            .body(format!("{{\"commit\": \"{}\"}}", "a".repeat(100)))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(big.status().as_u16(), 413);
+
+    // Two silent connections take the budget: the next is refused.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let busy = wait_for("a connection over the budget refused", || {
+        let answer = get(&format!("{base}/healthz"));
+        (answer.status == 503).then_some(answer)
+    });
+    assert!(busy.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("--http-max-connections"));
+    // Nothing moved on them for the idle timeout: closed, and the budget
+    // is free again.
+    for stream in &mut silent {
+        use std::io::Read;
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(stream.read(&mut buf).unwrap(), 0, "closed by the server");
+    }
+    assert_eq!(get(&format!("{base}/healthz")).status, 200);
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq)]
 struct Sse {
@@ -651,5 +695,227 @@ fn the_dashboard_lists_a_running_build_and_escapes_names() {
     let css = get(&format!("{base}/assets/style.css"));
     assert!(css.header("content-type").starts_with("text/css"));
     std::fs::write(&flag, "").unwrap();
+    assert!(worker.wait_exit().success(), "{}", worker.log());
+}
+
+// ---------------------------------------------------------------------------
+// A real browser: Debian's chromium, driven headless over WebDriver
+// (chromium-driver) with plain HTTP requests.
+
+/// Set to skip the browser test where chromium cannot be installed; the
+/// test says that it skipped.
+const SKIP_BROWSER: &str = "BUILDER_SKIP_BROWSER_TEST";
+
+/// The first of `names` found on PATH.
+fn which(names: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// A WebDriver session on a chromedriver of our own.
+struct Browser {
+    driver: std::process::Child,
+    url: String,
+    session: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Browser {
+    fn start(chromium: &Path, chromedriver: &Path) -> Browser {
+        // The OS picks the port; chromedriver is told it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let rt = rt();
+        let http = reqwest::Client::new();
+        wait_for("chromedriver to answer", || {
+            rt.block_on(http.get(format!("{url}/status")).send())
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1000,1000"],
+            },
+        }}});
+        let answer: Value = rt.block_on(async {
+            let answer = http
+                .post(format!("{url}/session"))
+                .header("content-type", "application/json")
+                .body(caps.to_string())
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+        });
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {answer}"))
+            .to_owned();
+        Browser {
+            driver,
+            url,
+            session,
+            http,
+            rt,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.url, self.session);
+        let answer: Value = self.rt.block_on(async {
+            let mut req = self.http.request(method.parse().unwrap(), url);
+            if !body.is_null() {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
+            }
+            let answer = req.send().await.unwrap();
+            serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap()
+        });
+        answer["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({ "url": url }));
+    }
+
+    fn eval(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Saves a PNG screenshot of the page.
+    fn screenshot(&self, path: &Path) {
+        let data = self.call("GET", "/screenshot", Value::Null);
+        let png = base64_decode(data.as_str().expect("a screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let url = format!("{}/session/{}", self.url, self.session);
+        let _ = self.rt.block_on(self.http.delete(url).send());
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Standard base64 (screenshots).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = text
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let v: Vec<u32> = chunk.iter().map(|c| u32::from(value(*c))).collect();
+        let n = v
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, x)| acc | x << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn a_browser_sees_the_running_build_and_its_live_console() {
+    let (Some(chromium), Some(chromedriver)) = (
+        which(&["chromium", "chromium-browser"]),
+        which(&["chromedriver"]),
+    ) else {
+        if std::env::var_os(SKIP_BROWSER).is_some() {
+            eprintln!("SKIPPED: chromium or chromedriver missing and {SKIP_BROWSER} is set");
+            return;
+        }
+        panic!(
+            "chromium and chromedriver are needed for this test: `apt-get install -y chromium chromium-driver` (or set {SKIP_BROWSER}=1 to skip it)"
+        );
+    };
+    let (tmp, server, base) = setup(&[]);
+    let flag = tmp.path().join("go");
+    let build = script(
+        tmp.path(),
+        "build.sh",
+        &format!(
+            "#!/bin/sh\necho '<script>document.title=\"pwned\"</script>'\ni=0\nwhile [ ! -e '{0}' ]; do echo \"tick $i\"; i=$((i+1)); sleep 0.1; done\necho 'printed after the page loaded'\nwhile [ ! -e '{0}.end' ]; do sleep 0.1; done\n",
+            flag.display()
+        ),
+    );
+    schedule(&server, "browsed", "linux", &build);
+    let mut worker = server.worker("linux", &tmp.path().join("worker-tmp"), &[]);
+    let uuid = wait_for("the build to run", || {
+        let running = get(&format!("{base}/api/v1/builds?state=running")).json();
+        running[0]["uuid"].as_str().map(str::to_owned)
+    });
+
+    let browser = Browser::start(&chromium, &chromedriver);
+    browser.open(&format!("{base}/"));
+    wait_for("the dashboard to list the running build", || {
+        let text = browser.eval("return document.body.innerText");
+        (text.as_str()?.contains(&uuid)).then_some(())
+    });
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    browser.screenshot(&shots.join("dashboard.png"));
+
+    browser.open(&format!("{base}/builds/{uuid}"));
+    wait_for("the console to start", || {
+        let text = browser.eval("return document.getElementById('console').textContent");
+        text.as_str()?.contains("tick").then_some(())
+    });
+    // Printed only now, after the page loaded: it can only arrive live.
+    std::fs::write(&flag, "").unwrap();
+    let console = wait_for("the live line on the build page", || {
+        let text = browser.eval("return document.getElementById('console').textContent");
+        let text = text.as_str()?.to_owned();
+        text.contains("printed after the page loaded")
+            .then_some(text)
+    });
+    assert!(
+        console.contains("<script>document.title=\"pwned\"</script>"),
+        "the script line shows as text: {console}"
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('#console *').length"),
+        0
+    );
+    assert_ne!(browser.eval("return document.title"), "pwned");
+    browser.screenshot(&shots.join("build-page.png"));
+    eprintln!("screenshots: {}", shots.join("dashboard.png").display());
+
+    std::fs::write(tmp.path().join("go.end"), "").unwrap();
     assert!(worker.wait_exit().success(), "{}", worker.log());
 }
