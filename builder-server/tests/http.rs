@@ -442,16 +442,6 @@ fn bounds_refuse_large_bodies_and_extra_connections_and_close_idle_ones() {
         "--http-idle-timeout",
         "1",
     ]);
-    let big = rt().block_on(async {
-        client()
-            .post(format!("{base}/api/v1/jobs/x/execute"))
-            .body(format!("{{\"commit\": \"{}\"}}", "a".repeat(100)))
-            .send()
-            .await
-            .unwrap()
-    });
-    assert_eq!(big.status().as_u16(), 413);
-
     // Two silent connections take the budget: the next is refused.
     let addr = base.trim_start_matches("http://").to_owned();
     let mut silent: Vec<std::net::TcpStream> = (0..2)
@@ -474,6 +464,16 @@ fn bounds_refuse_large_bodies_and_extra_connections_and_close_idle_ones() {
         assert_eq!(stream.read(&mut buf).unwrap(), 0, "closed by the server");
     }
     assert_eq!(get(&format!("{base}/healthz")).status, 200);
+
+    let big = rt().block_on(async {
+        client()
+            .post(format!("{base}/api/v1/jobs/x/execute"))
+            .body(format!("{{\"commit\": \"{}\"}}", "a".repeat(100)))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(big.status().as_u16(), 413);
 }
 
 /// One server-sent event.

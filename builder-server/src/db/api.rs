@@ -25,6 +25,11 @@ impl Db {
             .await
     }
 
+    /// One finished build with its attempts.
+    pub async fn result_entry(&self, uuid: Uuid) -> Result<Option<ResultEntry>, DbError> {
+        self.read(move |c| result_entry(c, uuid)).await
+    }
+
     /// The newest stored build of `job` that exited 0 (on `platform`).
     pub async fn latest_success(
         &self,
@@ -59,6 +64,17 @@ pub fn results_filtered(
         raw_result,
     )?;
     raws.into_iter().map(result_row).collect()
+}
+
+/// One finished build with its attempts.
+pub fn result_entry(tx: &Connection, uuid: Uuid) -> Result<Option<ResultEntry>, SqlError> {
+    let raws = query_all(
+        tx,
+        &format!("{RESULT_SELECT} WHERE uuid = ?1"),
+        [uuid.as_bytes()],
+        raw_result,
+    )?;
+    raws.into_iter().next().map(result_row).transpose()
 }
 
 /// The newest build of `job` with a record that exited 0.

@@ -86,21 +86,8 @@ pub(crate) async fn one(
 pub(crate) async fn find(app: &App, uuid: Uuid) -> ApiResult<BuildView> {
     let shared = &app.shared;
     let db = |e| ApiError::db(shared, e);
-    if let Some(r) = shared.db.result(uuid).await.map_err(db)? {
-        let entry = shared
-            .db
-            .results_filtered(Some(&r.job), Some(&r.platform), MAX_LIMIT)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .find(|e| e.summary.uuid == uuid);
-        let mut view = match entry {
-            Some(entry) => BuildView::finished(&entry),
-            None => BuildView::finished(&protocol::message::ResultEntry {
-                summary: r,
-                attempts: 1,
-            }),
-        };
+    if let Some(entry) = shared.db.result_entry(uuid).await.map_err(db)? {
+        let mut view = BuildView::finished(&entry);
         if let Some(path) = shared.db.result_path(uuid).await.map_err(db)? {
             let located = app.artifacts.get(uuid, &path).await?;
             view.artifacts = Some(located.iter().map(|l| l.view()).collect());
