@@ -7,7 +7,9 @@
 //! makes only its own observer wait, which pulls the lines it has not sent
 //! from memory or the console's spool. It never slows the build or other
 //! readers. `Last-Event-ID: N` resumes after line N: earlier lines are read
-//! again and skipped, so nothing is lost or sent twice.
+//! again and skipped, so nothing is lost or sent twice. When a worker is
+//! lost and the build runs again, a `notice` event says so and the numbers
+//! start again from 1, as the new attempt's console does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -143,7 +145,13 @@ impl EventStream {
                 .event("error")
                 .json_data(&ErrorView { error: reason })
                 .unwrap_or_default()],
+            // A lost worker: the build runs again from its first line, the
+            // console a reconnecting reader would see (and the record keeps).
             ServerToClient::Notice { message } => {
+                if message.starts_with("worker lost") {
+                    self.line = 0;
+                    self.after = 0;
+                }
                 vec![Event::default().event("notice").data(message)]
             }
             _ => Vec::new(),
