@@ -1,16 +1,17 @@
 //! The farm on HTTP (`--http`): live-console throughput, `info` under idle
 //! HTTP connections, and memory per idle event-stream subscriber.
 //!
-//! 1. One job prints `lines` console lines of 100 bytes and is stored.
+//! 1. Server RSS growth per idle subscriber of `/api/v1/events`, on the
+//!    fresh server (later, freed memory would hide it).
+//! 2. `info` latency over one protocol connection, first alone, then with
+//!    `idle` HTTP keep-alive connections open (each sent one request and
+//!    then stays silent).
+//! 3. One job prints `lines` console lines of 100 bytes and is stored.
 //!    Then 1, 10 and 100 readers at once fetch its console as server-sent
 //!    events (`Accept: text/event-stream`, replayed from the record) to the
 //!    `finished` event; the figure is lines per second over all readers and
 //!    the time until the last reader is done. Every reader must get every
 //!    line.
-//! 2. `info` latency over one protocol connection, first alone, then with
-//!    `idle` HTTP keep-alive connections open (each sent one request and
-//!    then stays silent).
-//! 3. Server RSS growth per idle subscriber of `/api/v1/events`.
 
 use std::time::{Duration, Instant};
 
@@ -74,8 +75,50 @@ pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
         .to_owned();
     let base = format!("http://{http}");
 
-    // 1. A stored console, read by 1, 10, 100 readers at once.
+    let mut r = Report::new(format!(
+        "http: console of {lines} lines of 100 bytes read as server-sent events by \
+         1/10/100 readers at once; `info` with {idle} idle HTTP connections; \
+         RSS per idle /api/v1/events subscriber"
+    ));
     let mut client = farm.connect().await?;
+
+    // 1. Memory per idle event-stream subscriber, on the fresh server.
+    let before = farm.server.usage().rss_kib;
+    let mut subscribers = Vec::with_capacity(SUBSCRIBERS as usize);
+    for _ in 0..SUBSCRIBERS {
+        subscribers.push(subscribe_events(&http).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = farm.server.usage().rss_kib;
+    r.row(
+        format!("per idle /api/v1/events subscriber ({SUBSCRIBERS})"),
+        format!(
+            "{:.1} KiB ({} → {})",
+            (after as f64 - before as f64) / f64::from(SUBSCRIBERS),
+            kib(before),
+            kib(after)
+        ),
+    );
+    drop(subscribers);
+    // 2. info alone, then with idle HTTP connections open.
+    let alone = info_latencies(&mut client).await?;
+    let mut held = Vec::with_capacity(idle as usize);
+    for _ in 0..idle {
+        held.push(idle_connection(&http).await?);
+        deadline.check("the idle HTTP connections", String::new)?;
+    }
+    let busy = info_latencies(&mut client).await?;
+    r.row(
+        format!("info, no HTTP connection ({INFO_CALLS} calls)"),
+        latencies(&alone),
+    );
+    r.row(
+        format!("info, {idle} idle HTTP connections"),
+        latencies(&busy),
+    );
+    drop(held);
+
+    // 3. A stored console, read by 1, 10, 100 readers at once.
     let script = format!("yes \"$(printf '%099d' 0)\" | head -n {lines}\n");
     client.schedule(JOB, PLATFORM, &script).await?;
     farm.worker(PLATFORM, false)?;
@@ -100,11 +143,6 @@ pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
         .to_owned();
     let url = format!("{base}/api/v1/builds/{uuid}/console");
 
-    let mut r = Report::new(format!(
-        "http: console of {lines} lines of 100 bytes read as server-sent events by \
-         1/10/100 readers at once; `info` with {idle} idle HTTP connections; \
-         RSS per idle /api/v1/events subscriber"
-    ));
     for readers in [1u32, 10, 100] {
         let start = Instant::now();
         let mut tasks = JoinSet::new();
@@ -132,43 +170,6 @@ pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
         kib(farm.server.usage().hwm_kib),
     );
 
-    // 2. info alone, then with idle HTTP connections open.
-    let alone = info_latencies(&mut client).await?;
-    let mut held = Vec::with_capacity(idle as usize);
-    for _ in 0..idle {
-        held.push(idle_connection(&http).await?);
-        deadline.check("the idle HTTP connections", String::new)?;
-    }
-    let busy = info_latencies(&mut client).await?;
-    r.row(
-        format!("info, no HTTP connection ({INFO_CALLS} calls)"),
-        latencies(&alone),
-    );
-    r.row(
-        format!("info, {idle} idle HTTP connections"),
-        latencies(&busy),
-    );
-    drop(held);
-
-    // 3. Memory per idle event-stream subscriber.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = farm.server.usage().rss_kib;
-    let mut subscribers = Vec::with_capacity(SUBSCRIBERS as usize);
-    for _ in 0..SUBSCRIBERS {
-        subscribers.push(subscribe_events(&http).await?);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = farm.server.usage().rss_kib;
-    r.row(
-        format!("per idle /api/v1/events subscriber ({SUBSCRIBERS})"),
-        format!(
-            "{:.1} KiB ({} → {})",
-            (after as f64 - before as f64) / f64::from(SUBSCRIBERS),
-            kib(before),
-            kib(after)
-        ),
-    );
-    drop(subscribers);
     r.row("server peak RSS (VmHWM)", kib(farm.server.usage().hwm_kib));
     Ok(r)
 }

@@ -29,8 +29,10 @@ use uuid::Uuid;
 use super::{ApiError, ApiResult, App};
 use crate::client::observe::{observe, ObserveSink};
 
-/// Observer messages buffered per reader (each up to a batch of lines).
-const BUFFER: usize = 8;
+/// Observer messages buffered per reader (each up to a batch of 1024
+/// lines): two keep the socket fed while the observer reads the next batch,
+/// and bound what a slow reader holds.
+const BUFFER: usize = 2;
 
 /// One of the `--http-max-sse` event streams, or 503.
 pub(crate) fn sse_slot(app: &App) -> ApiResult<OwnedSemaphorePermit> {
