@@ -12,6 +12,10 @@
 //!    `finished` event; the figure is lines per second over all readers and
 //!    the time until the last reader is done. Every reader must get every
 //!    line.
+//! 4. Unless `artifact_mib` is 0: one job leaves an artifact of that size;
+//!    it is fetched over HTTP twice (the first fetch also hashes it for its
+//!    ETag); the figures are MB/s and the server's RSS growth, which must
+//!    not follow the artifact's size.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +40,7 @@ const SUBSCRIBERS: u32 = 200;
 
 /// Runs the scenario with a console of `lines` lines and `idle` idle
 /// HTTP connections.
-pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
+pub async fn run(common: &Common, lines: u64, idle: u32, artifact_mib: u64) -> Result<Report> {
     ensure!(
         (1..=10_000_000).contains(&lines),
         "--lines must be between 1 and 10000000"
@@ -122,25 +126,7 @@ pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
     let script = format!("yes \"$(printf '%099d' 0)\" | head -n {lines}\n");
     client.schedule(JOB, PLATFORM, &script).await?;
     farm.worker(PLATFORM, false)?;
-    loop {
-        if !farm.records(JOB).is_empty() {
-            break;
-        }
-        deadline.check("the console build to be stored", || {
-            farm.server.log_tail(20)
-        })?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let builds = reqwest::get(format!("{base}/api/v1/builds?job={JOB}"))
-        .await?
-        .text()
-        .await?;
-    let uuid = builds
-        .split("\"uuid\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .context("no build in /api/v1/builds")?
-        .to_owned();
+    let uuid = finished_build(&base, JOB, &deadline).await?;
     let url = format!("{base}/api/v1/builds/{uuid}/console");
 
     for readers in [1u32, 10, 100] {
@@ -170,8 +156,66 @@ pub async fn run(common: &Common, lines: u64, idle: u32) -> Result<Report> {
         kib(farm.server.usage().hwm_kib),
     );
 
+    // 4. A big artifact over HTTP.
+    if artifact_mib > 0 {
+        const BIG: &str = "bench-http-artifact";
+        let script = format!("head -c {}M /dev/zero > big.bin\n", artifact_mib);
+        client.schedule(BIG, PLATFORM, &script).await?;
+        farm.worker(PLATFORM, false)?;
+        let uuid = finished_build(&base, BIG, &deadline).await?;
+        let before = farm.server.usage();
+        let url = format!("{base}/api/v1/builds/{uuid}/artifacts/big.bin");
+        for fetch in ["first fetch (hashes it for the ETag)", "second fetch"] {
+            let start = Instant::now();
+            let mut response = reqwest::get(&url).await?;
+            ensure!(
+                response.status().is_success(),
+                "artifact: HTTP {}",
+                response.status()
+            );
+            let mut got = 0u64;
+            while let Some(chunk) = response.chunk().await? {
+                got += chunk.len() as u64;
+            }
+            let took = start.elapsed().as_secs_f64();
+            ensure!(got == artifact_mib << 20, "artifact: got {got} bytes");
+            r.row(
+                format!("{artifact_mib} MiB artifact over HTTP, {fetch}"),
+                format!("{:.0} MB/s ({took:.2} s)", got as f64 / took / 1e6),
+            );
+        }
+        let after = farm.server.usage();
+        r.row(
+            "  server RSS before / after the fetches",
+            format!(
+                "{} / {} (VmHWM {})",
+                kib(before.rss_kib),
+                kib(after.rss_kib),
+                kib(after.hwm_kib)
+            ),
+        );
+    }
     r.row("server peak RSS (VmHWM)", kib(farm.server.usage().hwm_kib));
     Ok(r)
+}
+
+/// Waits until `job` has a finished build in the API; returns its UUID.
+async fn finished_build(base: &str, job: &str, deadline: &Deadline) -> Result<String> {
+    loop {
+        let builds = reqwest::get(format!("{base}/api/v1/builds?job={job}&state=finished"))
+            .await?
+            .text()
+            .await?;
+        if let Some(uuid) = builds
+            .split("\"uuid\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            return Ok(uuid.to_owned());
+        }
+        deadline.check(&format!("a finished build of {job}"), String::new)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Reads a console as server-sent events to its `finished` event; returns
