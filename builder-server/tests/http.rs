@@ -476,6 +476,45 @@ fn bounds_refuse_large_bodies_and_extra_connections_and_close_idle_ones() {
     assert_eq!(big.status().as_u16(), 413);
 }
 
+#[test]
+fn a_request_head_that_never_ends_is_cut_at_the_header_timeout() {
+    // The idle timeout is far away: only the header timeout can close it.
+    let (_tmp, _server, base) =
+        setup(&["--http-header-timeout", "1", "--http-idle-timeout", "600"]);
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    // Whatever hyper says first (a 408 or nothing), the connection ends.
+    stream
+        .read_to_end(&mut answer)
+        .expect("closed before the test's deadline");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn the_metrics_port_serves_no_api() {
+    let (_tmp, server, base) = setup(&["--metrics", "127.0.0.1:0"]);
+    let metrics = wait_for("the metrics address", || {
+        let log = server.proc.log();
+        let rest = log.split("metrics=").nth(1)?;
+        Some(format!("http://{}", rest.split_whitespace().next()?))
+    });
+    assert_eq!(get(&format!("{metrics}/healthz")).status, 200);
+    assert_eq!(get(&format!("{metrics}/api/v1/jobs")).status, 404);
+    assert_eq!(get(&format!("{metrics}/")).status, 404);
+    // The HTTP listener serves both.
+    assert_eq!(get(&format!("{base}/metrics")).status, 200);
+    assert_eq!(get(&format!("{base}/api/v1/jobs")).status, 200);
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq)]
 struct Sse {
