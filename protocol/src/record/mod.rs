@@ -557,6 +557,33 @@ mod tests {
     }
 
     #[test]
+    fn located_artifacts_point_at_their_bytes_in_the_record() {
+        let mut exec = sample();
+        exec.output.push(Artifact {
+            path: b"doc/readme".to_vec(),
+            data: vec![7; 300],
+        });
+        let bytes = exec.encode();
+        let mut found = Vec::new();
+        let head = locate_artifacts(&bytes[..], |path, offset, len, body| {
+            let mut data = Vec::new();
+            body.read_to_end(&mut data)?;
+            found.push((path.to_vec(), offset, len, data));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(head.uuid, exec.uuid);
+        assert!(head.console.is_empty(), "the console is located, not kept");
+        assert_eq!(found.len(), 2);
+        for ((path, offset, len, data), artifact) in found.iter().zip(&exec.output) {
+            assert_eq!(path, &artifact.path);
+            assert_eq!(data, &artifact.data);
+            let (start, end) = (*offset as usize, (*offset + *len) as usize);
+            assert_eq!(&bytes[start..end], &artifact.data[..]);
+        }
+    }
+
+    #[test]
     fn a_record_round_trips_except_for_sub_millisecond_time() {
         let exec = sample();
         let bytes = exec.encode();
