@@ -153,6 +153,20 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         runs: u32,
     },
+    /// The farm on HTTP: SSE console throughput with 1/10/100 readers,
+    /// `info` latency with idle HTTP connections, RSS per idle event-stream
+    /// subscriber.
+    Http {
+        /// Console lines of 100 bytes.
+        #[arg(long, default_value_t = CONSOLE_LINES)]
+        lines: u64,
+        /// Idle HTTP connections held during the `info` calls.
+        #[arg(long, default_value_t = 1000)]
+        idle: u32,
+        /// Size of the artifact fetched over HTTP, MiB (0: none).
+        #[arg(long, default_value_t = 1024)]
+        artifact_mib: u64,
+    },
     /// Every scenario with its defaults (`scale` with 10 000 jobs, and the
     /// 512 MiB console without observer too), one after the other.
     All,
@@ -196,6 +210,11 @@ impl Scenario {
             Scenario::ScheduleLatency { count } => format!("schedule-latency --count {count}"),
             Scenario::Scale { jobs } => format!("scale --jobs {jobs}"),
             Scenario::Latency { runs } => format!("latency --runs {runs}"),
+            Scenario::Http {
+                lines,
+                idle,
+                artifact_mib,
+            } => format!("http --lines {lines} --idle {idle} --artifact-mib {artifact_mib}"),
             Scenario::All => "all".into(),
         }
     }
@@ -232,6 +251,11 @@ impl Scenario {
             },
             Scenario::ScheduleLatency { count: 200 },
             Scenario::Latency { runs: 500 },
+            Scenario::Http {
+                lines: CONSOLE_LINES,
+                idle: 1000,
+                artifact_mib: 1024,
+            },
             Scenario::Jobs {
                 count: JOBS,
                 workers: JOB_WORKERS,
@@ -284,6 +308,11 @@ impl Scenario {
             }
             Scenario::Scale { jobs } => scenarios::scale::run(common, jobs).await,
             Scenario::Latency { runs } => scenarios::latency::run(common, runs).await,
+            Scenario::Http {
+                lines,
+                idle,
+                artifact_mib,
+            } => scenarios::http::run(common, lines, idle, artifact_mib).await,
             Scenario::All => unreachable!("expanded by the caller"),
         }
     }

@@ -1,7 +1,7 @@
 //! Human and JSON rendering of the server's answers.
 //!
-//! The JSON documents are built from the view structs below, not from the
-//! wire types, so their shape is a stable interface of its own: times are
+//! The JSON documents are built from the view structs of [`protocol::api`]
+//! (the HTTP API serves the same ones), not from the wire types, so their shape is a stable interface of its own: times are
 //! RFC 3339 strings (UTC, `Z`, as many fraction digits as needed; in
 //! `observe --json` always three, since a stored record keeps milliseconds
 //! and a live build must print like a replayed one), UUIDs
@@ -31,8 +31,7 @@ pub fn time_secs(t: Timestamp) -> String {
 
 /// RFC 3339 with as many fraction digits as needed (for JSON).
 pub fn time_exact(t: Timestamp) -> String {
-    t.to_datetime()
-        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    protocol::api::time(t)
 }
 
 /// RFC 3339 with milliseconds, truncated (`observe --json`): a stored
@@ -44,7 +43,7 @@ pub fn time_millis(t: Timestamp) -> String {
 
 /// Seconds rounded to milliseconds, for JSON (`12.345`, not `12.345678901`).
 pub fn secs_millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
+    protocol::api::secs_millis(d)
 }
 
 /// How long a build took, the one duration every command prints
@@ -53,8 +52,7 @@ pub fn secs_millis(d: Duration) -> f64 {
 /// a live build, a replayed one and the results list agree to the
 /// millisecond. A finish before the start (a clock set back) is zero.
 pub fn build_duration(started: Timestamp, finished: Timestamp) -> Duration {
-    let millis = |t: Timestamp| t.0.div_euclid(1_000_000);
-    Duration::from_millis(u64::try_from(millis(finished) - millis(started)).unwrap_or(0))
+    protocol::api::build_duration(started, finished)
 }
 
 /// A duration for people: `0.250s`, `59.999s`, `3m 05s`, `2h 03m 05s`.
@@ -166,175 +164,9 @@ impl Table {
 // ---------------------------------------------------------------------------
 // JSON views.
 
-/// `info --json`.
-#[derive(Serialize, Debug)]
-pub struct InfoView {
-    /// Scheduled jobs.
-    pub schedule: Vec<ScheduleView>,
-    /// Queues, front first.
-    pub queues: Vec<QueueView>,
-    /// Builds running now.
-    pub running: Vec<RunningView>,
-    /// Platforms refusing work.
-    pub dropped_platforms: Vec<String>,
-    /// Connected workers.
-    pub workers: Vec<WorkerView>,
-}
-
-/// One scheduled job (in `info --json`, and `show --json` with its script).
-#[derive(Serialize, Debug)]
-pub struct ScheduleView {
-    /// Job name.
-    pub name: String,
-    /// `script` or `orb-build`.
-    pub kind: &'static str,
-    /// Platform of a script job.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// The script of a script job (`show` only; `info` leaves it out).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub script: Option<String>,
-    /// The size of a script job's script in bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub script_bytes: Option<u64>,
-    /// Package of an orb-build job.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub opam_package: Option<String>,
-    /// `hourly`, `daily`, `weekly`, `never` or `cron`.
-    pub trigger: &'static str,
-    /// The cron expression when `trigger` is `cron`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cron: Option<String>,
-    /// Next run (RFC 3339), null if none.
-    pub next_run: Option<String>,
-    /// The job's own timeout, null for the server's default.
-    pub timeout_secs: Option<u64>,
-}
-
-/// One platform's queue.
-#[derive(Serialize, Debug)]
-pub struct QueueView {
-    /// Platform.
-    pub platform: String,
-    /// Job names, front first.
-    pub jobs: Vec<String>,
-}
-
-/// A running build.
-#[derive(Serialize, Debug)]
-pub struct RunningView {
-    /// Hyphenated UUID.
-    pub uuid: String,
-    /// Job name.
-    pub job: String,
-    /// Platform.
-    pub platform: String,
-    /// RFC 3339.
-    pub started: String,
-    /// The worker running it.
-    pub worker: String,
-}
-
-/// A connected worker.
-#[derive(Serialize, Debug)]
-pub struct WorkerView {
-    /// Platform it serves.
-    pub platform: String,
-    /// Host name.
-    pub host: String,
-    /// Address as the server sees it.
-    pub peer: String,
-    /// The build it runs, null when idle.
-    pub running: Option<String>,
-}
-
-/// How a build ended.
-#[derive(Serialize, Debug, PartialEq, Eq)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum OutcomeView {
-    /// Exit code.
-    Exited {
-        /// The code.
-        code: i32,
-    },
-    /// Killed by a signal.
-    Signalled {
-        /// `SIGKILL`.
-        signal: String,
-    },
-    /// Stopped by a signal.
-    Stopped {
-        /// `SIGSTOP`.
-        signal: String,
-    },
-    /// Did not run to its end.
-    Aborted {
-        /// `timeout`, `cancelled`, ...
-        message: String,
-    },
-}
-
-impl From<&JobOutcome> for OutcomeView {
-    fn from(o: &JobOutcome) -> OutcomeView {
-        match o {
-            JobOutcome::Exited(code) => OutcomeView::Exited { code: *code },
-            JobOutcome::Signalled(sig) => OutcomeView::Signalled {
-                signal: sig.name().to_string(),
-            },
-            JobOutcome::Stopped(sig) => OutcomeView::Stopped {
-                signal: sig.name().to_string(),
-            },
-            JobOutcome::Aborted(msg) => OutcomeView::Aborted {
-                message: msg.clone(),
-            },
-        }
-    }
-}
-
-/// Upload state of a result.
-#[derive(Serialize, Debug)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum UploadView {
-    /// No upload configured on the server.
-    NotConfigured,
-    /// Not yet delivered.
-    Pending {
-        /// Failed attempts so far.
-        attempts: u32,
-        /// Last failure.
-        last_error: Option<String>,
-    },
-    /// Delivered.
-    Delivered {
-        /// RFC 3339.
-        at: String,
-    },
-}
-
-/// One line of `results --json`.
-#[derive(Serialize, Debug)]
-pub struct ResultView {
-    /// Hyphenated UUID.
-    pub uuid: String,
-    /// Job name.
-    pub job: String,
-    /// Platform.
-    pub platform: String,
-    /// RFC 3339.
-    pub started: String,
-    /// RFC 3339.
-    pub finished: String,
-    /// Seconds, rounded to milliseconds.
-    pub duration_secs: f64,
-    /// Which attempt produced it (more than 1 after lost workers).
-    pub attempts: u32,
-    /// Structured outcome.
-    pub outcome: OutcomeView,
-    /// The outcome as text (`killed by SIGKILL`).
-    pub result: String,
-    /// Upload state.
-    pub upload: UploadView,
-}
+pub use protocol::api::{
+    InfoView, OutcomeView, QueueView, ResultView, RunningView, ScheduleView, UploadView, WorkerView,
+};
 
 /// One NDJSON event of `observe --json`.
 #[derive(Serialize, Debug)]
@@ -374,124 +206,6 @@ pub enum ObserveEvent {
         /// The status this program exits with.
         exit_status: u8,
     },
-}
-
-/// `("hourly", None)` ... `("cron", Some(expr))`.
-fn trigger_view(t: &Trigger) -> (&'static str, Option<String>) {
-    match t {
-        Trigger::Hourly => ("hourly", None),
-        Trigger::Daily => ("daily", None),
-        Trigger::Weekly => ("weekly", None),
-        Trigger::Never => ("never", None),
-        Trigger::Cron(expr) => ("cron", Some(expr.clone())),
-    }
-}
-
-impl ScheduleView {
-    /// A job as `info` lists it: without its script.
-    pub fn summary(e: &JobSummary) -> ScheduleView {
-        let (kind, platform, script_bytes, opam_package) = match &e.kind {
-            JobSummaryKind::Script {
-                platform,
-                script_bytes,
-            } => ("script", Some(platform.clone()), Some(*script_bytes), None),
-            JobSummaryKind::Orb { opam_package } => {
-                ("orb-build", None, None, Some(opam_package.clone()))
-            }
-        };
-        let (trigger, cron) = trigger_view(&e.trigger);
-        ScheduleView {
-            name: e.name.clone(),
-            kind,
-            platform,
-            script: None,
-            script_bytes,
-            opam_package,
-            trigger,
-            cron,
-            next_run: e.next_run.map(time_exact),
-            timeout_secs: e.timeout_secs,
-        }
-    }
-
-    /// A job as `show` prints it: with its script.
-    pub fn new(e: &ScheduleEntry) -> ScheduleView {
-        let mut view = ScheduleView::summary(&JobSummary::from(e));
-        if let JobKind::Script { script, .. } = &e.job.kind {
-            view.script = Some(script.clone());
-        }
-        view
-    }
-}
-
-impl InfoView {
-    /// Builds the view of an `info` answer.
-    pub fn new(info: &InfoSummary) -> InfoView {
-        InfoView {
-            schedule: info.schedule.iter().map(ScheduleView::summary).collect(),
-            queues: info
-                .queues
-                .iter()
-                .map(|q| QueueView {
-                    platform: q.platform.clone(),
-                    jobs: q.jobs.clone(),
-                })
-                .collect(),
-            running: info
-                .running
-                .iter()
-                .map(|r| RunningView {
-                    uuid: r.uuid.hyphenated().to_string(),
-                    job: r.job.clone(),
-                    platform: r.platform.clone(),
-                    started: time_exact(r.started),
-                    worker: r.worker.clone(),
-                })
-                .collect(),
-            dropped_platforms: info.dropped_platforms.clone(),
-            workers: info
-                .workers
-                .iter()
-                .map(|w| WorkerView {
-                    platform: w.platform.clone(),
-                    host: w.host.clone(),
-                    peer: w.peer.clone(),
-                    running: w.running.map(|u| u.hyphenated().to_string()),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl ResultView {
-    /// Builds the view of one result.
-    pub fn new(entry: &ResultEntry) -> ResultView {
-        let r = &entry.summary;
-        ResultView {
-            uuid: r.uuid.hyphenated().to_string(),
-            job: r.job.clone(),
-            platform: r.platform.clone(),
-            started: time_exact(r.started),
-            finished: time_exact(r.finished),
-            duration_secs: secs_millis(build_duration(r.started, r.finished)),
-            attempts: entry.attempts,
-            outcome: OutcomeView::from(&r.outcome),
-            result: outcome(&r.outcome),
-            upload: match &r.upload {
-                UploadState::NotConfigured => UploadView::NotConfigured,
-                UploadState::Pending {
-                    attempts,
-                    last_error,
-                } => UploadView::Pending {
-                    attempts: *attempts,
-                    last_error: last_error.clone(),
-                },
-                UploadState::Delivered { at } => UploadView::Delivered {
-                    at: time_exact(*at),
-                },
-            },
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -159,6 +159,40 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs(),
           value_parser = secs)]
     pub drain_timeout: u64,
+    /// Serve the JSON API, live consoles, builder-web's URL shape, the
+    /// dashboard, /metrics and /healthz on http://ADDR:PORT. Loopback only
+    /// unless both tokens are configured, or --insecure.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+    /// The URL the outside world uses for --http (e.g. behind a TLS proxy),
+    /// for absolute links; by default http://ADDR:PORT.
+    #[arg(long, value_name = "URL", requires = "http")]
+    pub public_url: Option<String>,
+    /// Let HTTP reads (API, dashboard) through without the client token;
+    /// writes still need it.
+    #[arg(long, requires = "http")]
+    pub http_public_read: bool,
+    /// Most HTTP connections at once; more are answered 503.
+    #[arg(long, value_name = "N", default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS,
+          value_parser = positive_count)]
+    pub http_max_connections: usize,
+    /// Most HTTP event streams (live consoles, /api/v1/events) at once.
+    #[arg(long, value_name = "N", default_value_t = crate::http::DEFAULT_MAX_SSE,
+          value_parser = positive_count)]
+    pub http_max_sse: usize,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::http::DEFAULT_MAX_BODY,
+          value_parser = bytes::<usize>)]
+    pub http_max_body: usize,
+    /// Seconds an HTTP request's headers may take to arrive.
+    #[arg(long, value_name = "SECS", default_value_t = crate::http::DEFAULT_HEADER_TIMEOUT.as_secs(),
+          value_parser = positive_secs)]
+    pub http_header_timeout: u64,
+    /// Seconds an HTTP connection may stay without any byte moving (event
+    /// streams send keep-alives well within it).
+    #[arg(long, value_name = "SECS", default_value_t = crate::http::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = positive_secs)]
+    pub http_idle_timeout: u64,
 }
 
 /// `text` as a number, or a message saying what was expected

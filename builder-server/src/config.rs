@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use crate::bounds::BuildLimits;
 use crate::cli::Args;
+use crate::http::HttpConfig;
 use crate::legacy::peers::{self, Cidr};
 use crate::upload::UploadConfig;
 
@@ -68,6 +69,8 @@ pub struct Config {
     /// build is handed out meanwhile. Zero: stop at once (they are requeued
     /// at the next start).
     pub drain_timeout: Duration,
+    /// The HTTP listener (`--http`), if any.
+    pub http: Option<HttpConfig>,
 }
 
 /// The default of [`Config::job_timeout`]: 1 hour.
@@ -141,6 +144,7 @@ impl Config {
             legacy_peers: Vec::new(),
             metrics: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            http: None,
         }
     }
 }
@@ -189,6 +193,11 @@ impl TryFrom<Args> for Config {
             Some(url) => Some(upload_config(url, &args)?),
             None => None,
         };
+        let tokens = client_token.is_some() && worker_token.is_some();
+        let http = match args.http {
+            Some(addr) => Some(http_config(addr, &args, tokens)?),
+            None => None,
+        };
         Ok(Config {
             dir: args.dir,
             config_dir: args.config_dir,
@@ -212,8 +221,37 @@ impl TryFrom<Args> for Config {
             legacy_peers,
             metrics: args.metrics,
             drain_timeout: Duration::from_secs(args.drain_timeout),
+            http,
         })
     }
+}
+
+/// `--http ADDR:PORT` and its `--http-*` flags (ranges are checked while
+/// parsing). A non-loopback address follows the TCP port's rule: both
+/// tokens configured, or `--insecure`.
+fn http_config(addr: SocketAddr, args: &Args, tokens: bool) -> anyhow::Result<HttpConfig> {
+    if !addr.ip().is_loopback() && !tokens && !args.insecure {
+        anyhow::bail!(
+            "refusing to serve --http on {addr} without --client-token-file and --worker-token-file; pass --insecure to do it anyway"
+        );
+    }
+    if let Some(url) = args
+        .public_url
+        .as_deref()
+        .filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+    {
+        anyhow::bail!("--public-url {url:?}: give an absolute http:// or https:// URL");
+    }
+    Ok(HttpConfig {
+        public_url: args.public_url.clone(),
+        public_read: args.http_public_read,
+        max_connections: args.http_max_connections,
+        max_sse: args.http_max_sse,
+        max_body: args.http_max_body,
+        header_timeout: Duration::from_secs(args.http_header_timeout),
+        idle_timeout: Duration::from_secs(args.http_idle_timeout),
+        ..HttpConfig::new(addr)
+    })
 }
 
 /// Reads the token of `flag` (rule: [`protocol::token`]).

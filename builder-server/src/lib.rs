@@ -25,6 +25,9 @@
 //!   a snapshot the server's state provides.
 //! - [`memory`]: gives memory back to the system after large frames.
 //! - [`names`]: which job and platform names are valid.
+//! - [`http`]: `--http`: the JSON API, live consoles, builder-web's URL
+//!   shape and the dashboard.
+//! - [`events`]: the farm's event stream.
 //! - [`upload`]: delivers records to builder-web.
 //! - [`templates`]: orb-build templates.
 //! - [`state`]: what the tasks share.
@@ -38,6 +41,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod events;
+pub mod http;
 pub mod layout;
 pub mod legacy;
 pub mod listener;

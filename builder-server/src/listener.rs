@@ -63,6 +63,9 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(http) = &shared.config.http {
+        crate::http::start(&shared, http, &mut tasks).await?;
+    }
 
     log_start(&shared.config, &listener, metrics_addr);
     tokio::pin!(shutdown);
@@ -324,6 +327,6 @@ async fn read_hello(shared: &Shared, conn: &mut Connection) -> Result<First, Str
 }
 
 /// Compares a token in time that does not depend on where it differs.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -291,7 +291,7 @@ async fn scrape<S: Source>(source: &S) -> anyhow::Result<String> {
     source.metrics().render(&snapshot)
 }
 
-async fn metrics<S: Source>(State(source): State<Arc<S>>) -> axum::response::Response {
+pub(crate) async fn metrics<S: Source>(State(source): State<Arc<S>>) -> axum::response::Response {
     match scrape(&*source).await {
         Ok(text) => (
             [(
@@ -308,7 +308,7 @@ async fn metrics<S: Source>(State(source): State<Arc<S>>) -> axum::response::Res
     }
 }
 
-async fn healthz<S: Source>(State(source): State<Arc<S>>) -> (StatusCode, String) {
+pub(crate) async fn healthz<S: Source>(State(source): State<Arc<S>>) -> (StatusCode, String) {
     match source.health().await {
         Ok(()) => (StatusCode::OK, "ok\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),

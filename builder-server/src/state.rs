@@ -42,6 +42,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Prometheus metrics (`--metrics`).
     pub metrics: Metrics,
+    /// The farm's event stream (`GET /api/v1/events`).
+    pub events: crate::events::Events,
     platform_wakeups: Mutex<HashMap<String, Arc<Notify>>>,
     fatal: Mutex<Option<anyhow::Error>>,
 }
@@ -62,6 +64,7 @@ impl Shared {
             shutdown,
             draining: CancellationToken::new(),
             metrics: Metrics::default(),
+            events: crate::events::Events::default(),
             platform_wakeups: Mutex::new(HashMap::new()),
             fatal: Mutex::new(None),
         }

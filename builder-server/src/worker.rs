@@ -29,6 +29,7 @@ pub async fn serve(
     host: &str,
 ) -> anyhow::Result<()> {
     let id = shared.workers.register(platform, host, conn.peer());
+    shared.events.worker_connected(platform, host, conn.peer());
     // Only worth saying when there is an orb job that cannot run here.
     if shared
         .db
@@ -56,6 +57,9 @@ pub async fn serve(
     };
     let result = session.run(platform).await;
     shared.workers.unregister(id);
+    shared
+        .events
+        .worker_disconnected(platform, host, conn.peer());
     tracing::info!(platform, host, "worker disconnected");
     result
 }

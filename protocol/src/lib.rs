@@ -1,5 +1,6 @@
 //! Everything that crosses a socket or a file in builder.
 //!
+//! - [`api`]: the JSON model shared by `--json` output and the HTTP API.
 //! - [`message`]: the messages servers, workers and clients exchange, and
 //!   [`PROTOCOL_VERSION`].
 //! - [`codec`]: framing (8-byte big-endian length + bincode 2 payload) with a
@@ -18,6 +19,7 @@
 //!   remote and port.
 //! - [`info`]: the `info` answer cut into parts and put together again.
 
+pub mod api;
 pub mod chain;
 pub mod codec;
 pub mod handshake;

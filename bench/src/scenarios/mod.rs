@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod console;
 pub mod drain;
+pub mod http;
 pub mod idle;
 pub mod jobs;
 pub mod latency;

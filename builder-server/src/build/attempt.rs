@@ -91,6 +91,7 @@ impl Attempt {
             map.clone(),
         );
         shared.live.insert(uuid, live.clone());
+        shared.events.build_started(&running, name);
         let cancel = shared.workers.set_running(worker, Some(uuid));
         let build_dir = store::build_dir(&shared.config.dir, &job.job, uuid);
         let spool = BuildSpool::start(&build_dir, job.lost + 1, shared.config.max_console, map);

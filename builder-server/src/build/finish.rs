@@ -253,6 +253,7 @@ pub(super) async fn index(shared: &Shared, result: &NewResult) -> Result<(), db:
         .finish(result, upload)
         .await
         .map_err(|e| shared.refuse_or_stop(e))?;
+    shared.events.build_finished(result);
     if upload {
         shared.upload_wakeup.notify_one();
     }

@@ -65,7 +65,7 @@ fn queued_text(queued: &[(String, Uuid)]) -> String {
 /// Puts a job at the front of its queue(s); returns each platform with the
 /// UUID of the build queued there. With `one`, a job that would be queued
 /// on several platforms is refused before anything is queued.
-async fn queue_front(
+pub(crate) async fn queue_front(
     shared: &Arc<Shared>,
     name: &str,
     platform: Option<&str>,
@@ -122,6 +122,7 @@ async fn queue_front(
         {
             Some(uuid) => {
                 shared.wake_platform(&platform);
+                shared.events.build_queued(uuid, name, &platform);
                 queued.push((platform, uuid));
             }
             None => dropped.push(platform),

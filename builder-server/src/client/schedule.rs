@@ -55,6 +55,7 @@ pub async fn schedule(
         shared.wake_platform(platform);
     }
     shared.schedule_changed.notify_one();
+    shared.events.job_changed(&job.name);
     tracing::info!(job = ?job.name, trigger = ?entry.trigger.to_string(), "job scheduled");
     let detail = match &job.kind {
         JobKind::Orb { opam_package } => {
@@ -163,6 +164,7 @@ pub async fn unschedule(shared: &Arc<Shared>, name: &str) -> Result<Reply, DbErr
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
+    shared.events.job_changed(name);
     crate::build::finish::remove_empty_job_dir(shared, name).await;
     tracing::info!(job = name, "job unscheduled");
     Ok(Ok(None))
@@ -192,6 +194,7 @@ pub async fn reschedule(
         return Ok(Err(format!("no job named {name}")));
     }
     shared.schedule_changed.notify_one();
+    shared.events.job_changed(name);
     tracing::info!(job = name, next = %next, "job rescheduled");
     Ok(Ok(Some(format!("rescheduled {name}: next run {next}"))))
 }
@@ -300,6 +303,7 @@ pub async fn update(
     if let JobKind::Script { platform, .. } = &entry.job.kind {
         shared.wake_platform(platform);
     }
+    shared.events.job_changed(name);
     tracing::info!(job = name, changed = ?changed, "job updated");
     let next = match (
         new_phase,

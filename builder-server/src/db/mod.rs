@@ -28,6 +28,7 @@
 //! `cron:EXPR`); a result's record path as text, `''` for a build that could
 //! not be stored (it is indexed, never uploaded).
 
+pub mod api;
 pub mod ends;
 pub mod import;
 pub mod jobs;

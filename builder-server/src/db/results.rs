@@ -319,7 +319,7 @@ pub fn spool_stats(tx: &Connection) -> Result<(u64, Option<Timestamp>), SqlError
     Ok((count.max(0) as u64, oldest.map(Timestamp)))
 }
 
-fn result_row(raw: RawResult) -> Result<ResultEntry, SqlError> {
+pub(super) fn result_row(raw: RawResult) -> Result<ResultEntry, SqlError> {
     let outcome = outcome_from_columns(&raw.outcome, raw.value, raw.message)
         .ok_or_else(|| corrupt(format!("result outcome {:?}", raw.outcome)))?;
     let upload = match raw.upload_state.as_str() {
@@ -348,11 +348,11 @@ fn result_row(raw: RawResult) -> Result<ResultEntry, SqlError> {
 }
 
 /// The columns [`raw_result`] reads.
-const RESULT_SELECT: &str =
+pub(super) const RESULT_SELECT: &str =
     "SELECT uuid, job, platform, started, finished, outcome, outcome_value, outcome_message,
             upload_state, upload_attempts, upload_error, delivered_at, attempts FROM results";
 
-struct RawResult {
+pub(super) struct RawResult {
     uuid: Vec<u8>,
     job: String,
     platform: String,
@@ -368,7 +368,7 @@ struct RawResult {
     build_attempts: i64,
 }
 
-fn raw_result(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
+pub(super) fn raw_result(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawResult> {
     Ok(RawResult {
         uuid: r.get(0)?,
         job: r.get(1)?,

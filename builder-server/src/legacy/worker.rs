@@ -62,6 +62,7 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         }
     };
     let id = shared.workers.register(&platform, HOST, conn.peer());
+    shared.events.worker_connected(&platform, HOST, conn.peer());
     shared.templates.warn_missing(&platform);
     let name = format!("{HOST} ({})", conn.peer());
     tracing::info!(%platform, peer = conn.peer(), "reference worker requests a job");
@@ -72,6 +73,9 @@ pub async fn serve(shared: &Arc<Shared>, conn: &mut Connection) -> anyhow::Resul
         Err(e) => Err(e),
     };
     shared.workers.unregister(id);
+    shared
+        .events
+        .worker_disconnected(&platform, HOST, conn.peer());
     result
 }
 

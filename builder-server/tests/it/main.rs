@@ -40,6 +40,7 @@ mod e2e;
 mod error_chains;
 mod error_style;
 mod hostile;
+mod http;
 mod info;
 mod legacy_import;
 mod legacy_peers;

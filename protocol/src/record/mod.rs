@@ -58,8 +58,8 @@ use crate::signal::Signal;
 
 pub use der::{INT_MAX, INT_MIN};
 pub use read::{
-    index_record, read_console_lines, read_record, read_record_with_limit, ConsoleIndex,
-    DEFAULT_HEAD_LIMIT,
+    index_record, locate_artifacts, read_console_lines, read_record, read_record_with_limit,
+    ConsoleIndex, DEFAULT_HEAD_LIMIT,
 };
 pub use write::{
     console_line_len, encode_console_line, record_len, write_record, write_record_from_spools,
@@ -553,6 +553,33 @@ mod tests {
                 path: b"bin/x".to_vec(),
                 data: (0..=255).collect(),
             }],
+        }
+    }
+
+    #[test]
+    fn located_artifacts_point_at_their_bytes_in_the_record() {
+        let mut exec = sample();
+        exec.output.push(Artifact {
+            path: b"doc/readme".to_vec(),
+            data: vec![7; 300],
+        });
+        let bytes = exec.encode();
+        let mut found = Vec::new();
+        let head = locate_artifacts(&bytes[..], |path, offset, len, body| {
+            let mut data = Vec::new();
+            body.read_to_end(&mut data)?;
+            found.push((path.to_vec(), offset, len, data));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(head.uuid, exec.uuid);
+        assert!(head.console.is_empty(), "the console is located, not kept");
+        assert_eq!(found.len(), 2);
+        for ((path, offset, len, data), artifact) in found.iter().zip(&exec.output) {
+            assert_eq!(path, &artifact.path);
+            assert_eq!(data, &artifact.data);
+            let (start, end) = (*offset as usize, (*offset + *len) as usize);
+            assert_eq!(&bytes[start..end], &artifact.data[..]);
         }
     }
 

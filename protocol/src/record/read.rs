@@ -68,6 +68,33 @@ pub fn read_record_with_limit<R: Read>(
         limit,
         index: None,
     };
+    parser.record(&mut |path, _, len, body| on_artifact(path, len, body))
+}
+
+/// Reads a record as [`index_record`] does (its console located, not
+/// kept), handing each artifact to `on_artifact(path, offset, len, body)`
+/// where `offset` is where its `len` bytes start in the record: a reader
+/// can later serve them straight from the file.
+///
+/// # Errors
+///
+/// As [`read_record`].
+pub fn locate_artifacts<R: Read>(
+    input: R,
+    mut on_artifact: impl FnMut(&[u8], u64, u64, &mut dyn Read) -> io::Result<()>,
+) -> Result<RecordHead, RecordError> {
+    let mut parser = Parser {
+        input: BufReader::with_capacity(CHUNK as usize, input),
+        pos: 0,
+        input_len: None,
+        budget: DEFAULT_HEAD_LIMIT,
+        limit: DEFAULT_HEAD_LIMIT,
+        index: Some(ConsoleIndex {
+            every: u64::MAX,
+            checkpoints: Vec::new(),
+            lines: 0,
+        }),
+    };
     parser.record(&mut on_artifact)
 }
 
@@ -119,7 +146,7 @@ pub fn index_record<R: Read>(
             lines: 0,
         }),
     };
-    let head = parser.record(&mut |_, _, _| Ok(()))?;
+    let head = parser.record(&mut |_, _, _, _| Ok(()))?;
     let index = parser.index.take().expect("set above");
     Ok((head, index))
 }
@@ -153,7 +180,7 @@ pub fn read_console_lines<R: Read>(
 pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
     let mut parser = Parser::over_slice(bytes);
     let mut output = Vec::new();
-    let head = parser.record(&mut |path, len, body| {
+    let head = parser.record(&mut |path, _, len, body| {
         // `len` was checked against the input's size: this allocation is
         // never larger than the input.
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
@@ -167,7 +194,8 @@ pub(super) fn decode_exec(bytes: &[u8]) -> Result<Exec, RecordError> {
     Ok(Exec::from_parts(head, output))
 }
 
-type Callback<'c> = dyn FnMut(&[u8], u64, &mut dyn Read) -> io::Result<()> + 'c;
+/// `(path, offset of the body in the record, len, body)`.
+type Callback<'c> = dyn FnMut(&[u8], u64, u64, &mut dyn Read) -> io::Result<()> + 'c;
 
 /// The DER reader: the build record's parser, and the element readers the
 /// reference's commands and state file (`crate::legacy`) are parsed with.
@@ -436,7 +464,7 @@ impl<R: Read> Parser<R> {
             remaining: len,
             failure: None,
         };
-        let handled = on_artifact(path, len, &mut body);
+        let handled = on_artifact(path, start, len, &mut body);
         let drained = match handled {
             Ok(()) => io::copy(&mut body, &mut io::sink()).map(drop),
             Err(_) => Ok(()),
