@@ -173,7 +173,7 @@ async fn serve(app: App, listener: TcpListener) {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::error!(error = %protocol::Chain(&e), "HTTP accept failed");
+                    tracing::error!(error = ?protocol::Chain(&e), "HTTP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -249,7 +249,7 @@ async fn connection(app: &App, router: Router, stream: TcpStream) {
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(error = %protocol::Chain(&e), "HTTP connection ended");
+                    tracing::debug!(error = ?protocol::Chain(&e), "HTTP connection ended");
                 }
                 return;
             }

@@ -71,7 +71,7 @@ fn observe_into_channel(app: &App, uuid: Uuid) -> mpsc::Receiver<ServerToClient>
     tokio::spawn(async move {
         let mut sink = ChannelSink(tx);
         if let Err(e) = observe(&shared, &mut sink, uuid).await {
-            tracing::debug!(%uuid, error = %format!("{e:#}"), "HTTP console reader ended");
+            tracing::debug!(%uuid, error = ?protocol::Chain(&*e), "HTTP console reader ended");
         }
     });
     rx
