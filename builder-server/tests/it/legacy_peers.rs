@@ -10,12 +10,13 @@ use protocol::message::{ClientRequest, JobOutcome, ServerToClient};
 use protocol::trigger::Trigger;
 use uuid::Uuid;
 
-async fn send(conn: &mut Connection, command: &Command) {
+/// Sends one reference command (also used by `lifecycle`).
+pub(crate) async fn send(conn: &mut Connection, command: &Command) {
     conn.send_frame(&command.encode()).await.unwrap();
 }
 
 /// The next command; `None` when the server closed the connection.
-async fn recv(conn: &mut Connection) -> Option<Command> {
+pub(crate) async fn recv(conn: &mut Connection) -> Option<Command> {
     let frame = tokio::time::timeout(DEADLINE, conn.recv_frame())
         .await
         .expect("an answer in time")
@@ -24,7 +25,11 @@ async fn recv(conn: &mut Connection) -> Option<Command> {
 }
 
 /// Connects and says the reference's hello; returns the server's answer.
-async fn hello(addr: &str, kind: PeerKind, version: i64) -> (Connection, Option<Command>) {
+pub(crate) async fn hello(
+    addr: &str,
+    kind: PeerKind,
+    version: i64,
+) -> (Connection, Option<Command>) {
     let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME).await.unwrap();
     send(&mut conn, &Command::ClientHello { kind, version }).await;
     let answer = recv(&mut conn).await;

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use crate::common::{runtime, wait_for, Server};
-use protocol::codec::{Connection, DEFAULT_MAX_FRAME};
+use crate::legacy_peers::{hello, recv, send};
+use protocol::codec::Connection;
 use protocol::legacy::{Artifact, Command, ExecResult, PeerKind};
 use protocol::message::{ClientRequest, JobOutcome, ResultSummary, ServerToClient, WorkerMessage};
 use protocol::record::Exec;
@@ -227,28 +228,14 @@ fn a_path_sent_twice_aborts_the_build_naming_it() {
 // ---------------------------------------------------------------------------
 // The reference's (OCaml builder's) worker and client protocols.
 
-async fn send(conn: &mut Connection, command: &Command) {
-    conn.send_frame(&command.encode()).await.unwrap();
-}
-
-/// The next command; `None` when the server closed the connection.
-async fn recv(conn: &mut Connection) -> Option<Command> {
-    let frame = tokio::time::timeout(crate::common::DEADLINE, conn.recv_frame())
-        .await
-        .expect("an answer in time")
-        .ok()??;
-    Some(Command::decode(&frame).unwrap())
-}
-
 /// A reference peer after its hello.
 async fn reference(addr: &str, kind: PeerKind) -> Connection {
     let version = match kind {
         PeerKind::Client => 13,
         PeerKind::Worker => 5,
     };
-    let mut conn = Connection::connect(addr, DEFAULT_MAX_FRAME).await.unwrap();
-    send(&mut conn, &Command::ClientHello { kind, version }).await;
-    assert_eq!(recv(&mut conn).await, Some(Command::ServerHello));
+    let (conn, answer) = hello(addr, kind, version).await;
+    assert_eq!(answer, Some(Command::ServerHello));
     conn
 }
 
