@@ -69,7 +69,7 @@ impl Cache {
                 )
             })?
             .map_err(|e| {
-                tracing::error!(%uuid, path = ?path, error = %e, "cannot read a record for HTTP");
+                tracing::error!(%uuid, path = ?path, error = ?e, "cannot read a record for HTTP");
                 ApiError(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("cannot read the record of {uuid}: {e}"),

@@ -59,7 +59,7 @@ fn start() -> Result<&'static Pool, String> {
     match (started, failure) {
         (0, Some(e)) => Err(format!("cannot start a spool writer thread: {e}")),
         (_, Some(e)) => {
-            tracing::warn!(started, wanted = WRITERS, error = %e, "not every spool writer thread started");
+            tracing::warn!(started, wanted = WRITERS, error = ?protocol::Chain(&e), "not every spool writer thread started");
             Ok(pool)
         }
         _ => Ok(pool),
