@@ -351,11 +351,6 @@ impl Settled {
         self.told.as_deref()
     }
 
-    /// The build.
-    pub fn uuid(&self) -> Uuid {
-        self.running.uuid
-    }
-
     /// Stores, aborts or requeues the build; observers always get an end.
     /// Fails only when the state database is broken.
     pub async fn conclude(self) -> anyhow::Result<Concluded> {

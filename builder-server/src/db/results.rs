@@ -200,16 +200,7 @@ pub fn result_path(tx: &Connection, uuid: Uuid) -> Result<Option<PathBuf>, SqlEr
 
 /// One finished build, whether or not it has a record.
 pub fn result(tx: &Connection, uuid: Uuid) -> Result<Option<ResultSummary>, SqlError> {
-    let raws = query_all(
-        tx,
-        &format!("{RESULT_SELECT} WHERE uuid = ?1"),
-        [uuid.as_bytes()],
-        raw_result,
-    )?;
-    raws.into_iter()
-        .next()
-        .map(|r| result_row(r).map(|e| e.summary))
-        .transpose()
+    Ok(super::api::result_entry(tx, uuid)?.map(|e| e.summary))
 }
 
 /// The newest finished build matching the filters: (uuid, started).
